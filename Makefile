@@ -1,0 +1,49 @@
+# ossai: two commands on a fresh machine.
+#   make run    create .venv, install everything, start ossai on a model that needs no download
+#   make test   install what the tests need and run them (lint included)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+DEMO   := $(VENV)/ossai-random-tiny
+
+.PHONY: run test install install-test lint clean
+
+# torch first and pinned: the CPU wheel. Every later install sees torch satisfied and never pulls a CUDA build.
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(DEMO)/original/config.json: | $(VENV)/.installed
+	$(PY) -m ossai.testing.checkpoint --preset tiny --seed 0 --out $(DEMO)
+
+run: $(VENV)/.installed $(DEMO)/original/config.json
+	@echo "ossai: no server yet; generating from a random-weight tiny gpt-oss checkpoint ($(DEMO))"
+	$(VENV)/bin/ossai generate $(DEMO) --raw --tokens 200006,1428,200008 --max-tokens 32 --temperature 0 --json
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: the set-up is broken" >&2; fi; \
+	exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,159 @@
+"""The gpt-oss network: pre-norm blocks of attention (GQA, sinks, alternating sliding window, YaRN RoPE)
+and a top-4 mixture of MXFP4 experts, then an untied unembedding.
+
+Weights are not copied: every tensor is a view of the checkpoint's memory map (or, on a GPU, one copy
+there). The modules register them as non-persistent buffers so `.to(device)` moves them. Activations run
+in `dtype` (fp32 by default on CPU: exact against the reference math, and what the CPU kernels accumulate
+in); norms, softmaxes and RoPE angles are always fp32.
+
+Legend: T = tokens, H = hidden, E = experts, A = active experts per token, I = intermediate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ossai.config import ModelConfig
+from ossai.model import mxfp4
+from ossai.model.layers import Rotary, attention, linear, rms_norm, swiglu
+
+UNEMBED_CHUNK = 32768  # vocab rows per unembedding matmul: bounds the upcast weight copy to ~0.4 GB
+
+WeightGetter = Callable[[str], torch.Tensor]
+
+
+class LayerCache(Protocol):
+    """Per-layer key/value store; returns every key the new queries may need, with its position."""
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, get: WeightGetter, rotary: Rotary):
+        super().__init__()
+        p = f"block.{layer}.attn"
+        for name in ("norm.scale", "q.weight", "q.bias", "k.weight", "k.bias", "v.weight", "v.bias",
+                     "sinks", "out.weight", "out.bias"):  # fmt: skip
+            self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
+        self.heads, self.kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        self.window = config.sliding_window if config.is_sliding(layer) else None
+        self.sm_scale = 1.0 / math.sqrt(config.head_dim)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None) -> torch.Tensor:
+        t = rms_norm(x, self.norm_scale)
+        n = x.shape[0]
+        q = linear(t, self.q_weight, self.q_bias).view(n, self.heads, self.head_dim)  # [T, K*G, D]
+        k = linear(t, self.k_weight, self.k_bias).view(n, self.kv_heads, self.head_dim)  # [T, K, D]
+        v = linear(t, self.v_weight, self.v_bias).view(n, self.kv_heads, self.head_dim)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        k_pos = positions
+        if cache is not None:
+            k, v, k_pos = cache.update(k, v, positions)
+        a = attention(q, k, v, self.sinks, positions, k_pos, self.window, self.sm_scale)  # [T, K*G*D]
+        return x + linear(a, self.out_weight, self.out_bias)
+
+
+class MLPBlock(nn.Module):
+    """Router (top-A, softmax over the selected logits) and MXFP4 experts with the clamped SwiGLU."""
+
+    def __init__(self, config: ModelConfig, layer: int, get: WeightGetter):
+        super().__init__()
+        p = f"block.{layer}.mlp"
+        for name in ("norm.scale", "gate.weight", "gate.bias", "mlp1_weight.blocks", "mlp1_weight.scales",
+                     "mlp1_bias", "mlp2_weight.blocks", "mlp2_weight.scales", "mlp2_bias"):  # fmt: skip
+            self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
+        self.top_k = config.experts_per_token
+        self.limit = config.swiglu_limit
+
+    def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (expert ids [T, A], weights [T, A] fp32)"""
+        logits = linear(t, self.gate_weight, self.gate_bias)  # [T, E]
+        top, idx = torch.topk(logits, self.top_k, dim=-1, sorted=True)
+        return idx, torch.softmax(top.float(), dim=-1)
+
+    def experts(self, t: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Sum over each token's experts of weight * expert(t). Tokens are grouped by expert so each
+        selected expert is dequantized (and its weights read) once per call."""
+        out = torch.zeros(t.shape, dtype=torch.float32, device=t.device)  # [T, H]
+        flat = idx.flatten()  # [T*A]
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.mlp1_bias.shape[0]).tolist()
+        start = 0
+        for expert, count in enumerate(counts):
+            if not count:
+                continue
+            slots = order[start : start + count]
+            start += count
+            tokens = slots // self.top_k
+            w1 = mxfp4.dequantize(self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], t.dtype)
+            h = linear(t[tokens], w1, self.mlp1_bias[expert])  # [n, 2I]
+            h = swiglu(h, self.limit)  # [n, I]
+            w2 = mxfp4.dequantize(self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], t.dtype)
+            y = linear(h, w2, self.mlp2_bias[expert])  # [n, H]
+            out.index_add_(0, tokens, y.float() * weights.flatten()[slots, None])
+        return out.to(t.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = rms_norm(x, self.norm_scale)
+        idx, weights = self.route(t)
+        return x + self.experts(t, idx, weights)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, get: WeightGetter, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.register_buffer("embedding", get("embedding.weight"), persistent=False)
+        self.register_buffer("norm_scale", get("norm.scale"), persistent=False)
+        self.register_buffer("unembedding", get("unembedding.weight"), persistent=False)
+        self.rotary = Rotary(config)
+        self.attn = nn.ModuleList(
+            AttentionBlock(config, n, get, self.rotary) for n in range(config.num_hidden_layers)
+        )
+        self.mlp = nn.ModuleList(MLPBlock(config, n, get) for n in range(config.num_hidden_layers))
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        out = super().to(*args, **kwargs)
+        device = self.embedding.device
+        if device != self.rotary.device:
+            self.rotary = Rotary(self.config, device=device)
+            for block in self.attn:
+                block.rotary = self.rotary
+        return out
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        """tokens [T] int64 -> final hidden states [T, H] (before the final norm)."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[0], device=tokens.device)
+        x = self.embedding[tokens].to(self.dtype)  # [T, H]
+        for n, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+            x = attn(x, positions, None if cache is None else cache[n])
+            x = mlp(x)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and unembedding: [T, H] -> [T, vocab] fp32, in vocab chunks."""
+        t = rms_norm(hidden, self.norm_scale)
+        out = torch.empty(t.shape[0], self.config.vocab_size, dtype=torch.float32, device=t.device)
+        for start in range(0, self.config.vocab_size, UNEMBED_CHUNK):
+            rows = self.unembedding[start : start + UNEMBED_CHUNK]
+            out[:, start : start + rows.shape[0]] = linear(t, rows).float()
+        return out

@@ -1,0 +1,62 @@
+"""The `ossai` command, driven in-process (typer's runner) and, for error paths, as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from ossai.cli import app
+from ossai.engine import Engine, GenerationParams
+
+runner = CliRunner()
+
+
+def _generate(*args: str) -> dict:
+    result = runner.invoke(app, ["generate", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_generate_raw_tokens_json(tiny):
+    out = _generate(
+        str(tiny), "--raw", "--tokens", "200006,1428,200008", "--max-tokens", "8", "--temperature", "0"
+    )
+    assert len(out["tokens"]) == 8
+    assert out["prefill_tps"] > 0 and out["decode_tps"] > 0
+    expected = list(Engine.load(tiny).generate([200006, 1428, 200008], GenerationParams(max_tokens=8)))
+    assert out["tokens"] == expected
+
+
+def test_generate_seed_is_reproducible(tiny):
+    args = [str(tiny), "--raw", "--tokens", "1,2,3", "--max-tokens", "12", "--temperature", "1.0"]
+    first = _generate(*args, "--seed", "7")["tokens"]
+    assert _generate(*args, "--seed", "7")["tokens"] == first
+    assert _generate(*args, "--seed", "8")["tokens"] != first
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ossai.cli", *args], capture_output=True, text=True)
+
+
+def test_usage_errors_are_one_line(tiny, tmp_path):
+    for args, message in [
+        (["generate", str(tiny), "--raw"], "give exactly one of --prompt or --tokens"),
+        (["generate", str(tiny), "--raw", "--tokens", "1,x"], "comma-separated integers"),
+        (["generate", str(tiny), "--raw", "--tokens", "999999999"], "token ids must be in"),
+        (["generate", str(tiny), "--raw", "--tokens", "1", "--top-p", "0"], "top_p"),
+        (["generate", str(tmp_path / "missing"), "--raw", "--tokens", "1"], "no such checkpoint directory"),
+    ]:
+        proc = _run(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1
+
+
+def test_help_explains_commands():
+    proc = _run("--help")
+    assert proc.returncode == 0 and "generate" in proc.stdout
+    proc = _run("generate", "--help")
+    assert "--max-tokens" in proc.stdout and "--seed" in proc.stdout
