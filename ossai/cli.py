@@ -2,9 +2,10 @@
 
 Examples:
 
+\b
     ossai generate ./gpt-oss-20b --prompt "Why is the sky blue?" --effort low
     ossai generate ./gpt-oss-20b --raw --tokens 200006,17360,200008 --max-tokens 16 --json
-    python -m ossai.testing.checkpoint --preset tiny --seed 0 --out /tmp/tiny   # a random test model
+    python -m ossai.testing.checkpoint --preset tiny --seed 0 --out /tmp/tiny  # a random test model
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _parse_tokens(text: str) -> list[int]:
     return ids
 
 
+EffortOpt = Annotated[str, typer.Option("--effort", "-e", help="reasoning effort: low, medium or high")]
+
+
 @app.command()
 def generate(
     model: ModelArg,
@@ -58,6 +62,8 @@ def generate(
     raw: Annotated[
         bool, typer.Option("--raw", help="plain token completion, no harmony chat format")
     ] = False,
+    effort: EffortOpt = "medium",
+    system: Annotated[str | None, typer.Option(help="instructions (chat mode)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="tokens to generate at most")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy")] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
@@ -66,16 +72,33 @@ def generate(
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Generate a completion for one prompt and print it."""
+    """Generate a completion for one prompt and print it.
+
+    By default the prompt is a user message in the harmony chat format and the final answer is printed
+    (the reasoning is in --json's `reasoning`). --raw completes the text or token ids as given.
+    """
+    from ossai import harmony
     from ossai.engine import Engine, GenerationParams
 
     if (prompt is None) == (tokens is None):
         raise BadRequest("give exactly one of --prompt or --tokens")
-    if not raw:
-        raise BadRequest("chat mode needs the harmony format; use --raw with --tokens for now")
-    prompt_ids = _parse_tokens(tokens) if tokens is not None else []
-    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    if tokens is not None:
+        prompt_ids = _parse_tokens(tokens)
+    elif raw:
+        prompt_ids = harmony.encode(prompt or "")
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        prompt_ids = harmony.render_chat(messages, effort=effort)
+    stops = frozenset() if raw else frozenset(harmony.STOP_TOKENS)
+    params = GenerationParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_tokens=stops
+    )
     engine = Engine.load(model, device=device, threads=threads)
+    parser = None if raw else harmony.StreamParser()
+    reasoning: list[str] = []
+    final: list[str] = []
     out: list[int] = []
     started = time.perf_counter()
     first = started
@@ -83,22 +106,39 @@ def generate(
         if not out:
             first = time.perf_counter()
         out.append(token)
-        if not as_json:
-            typer.echo(str(token), nl=False)
-            typer.echo(",", nl=False)
+        if parser is None:
+            continue
+        for event in parser.feed(token):
+            if isinstance(event, harmony.ReasoningDelta):
+                reasoning.append(event.text)
+            elif isinstance(event, harmony.ContentDelta):
+                final.append(event.text)
+                if not as_json:
+                    typer.echo(event.text, nl=False)
     finished = time.perf_counter()
-    decode_tps = (len(out) - 1) / (finished - first) if len(out) > 1 and finished > first else 0.0
+    if parser is not None:
+        for event in parser.finish():
+            if isinstance(event, harmony.ContentDelta):
+                final.append(event.text)
+                if not as_json:
+                    typer.echo(event.text, nl=False)
+    elif not as_json:
+        typer.echo(harmony.decode(out), nl=False)
+    if not as_json:
+        typer.echo("")
+        return
     result = {
         "tokens": out,
-        "text": "",
+        "text": harmony.decode(out),
+        "reasoning": "".join(reasoning),
+        "final": "".join(final),
         "prompt_tokens": len(prompt_ids),
         "prefill_tps": len(prompt_ids) / (first - started) if first > started else 0.0,
-        "decode_tps": decode_tps,
+        "decode_tps": (len(out) - 1) / (finished - first) if len(out) > 1 and finished > first else 0.0,
     }
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        typer.echo("")
+    if parser is not None and parser.warnings:
+        result["warnings"] = parser.warnings
+    typer.echo(json.dumps(result))
 
 
 def main() -> None:

@@ -42,6 +42,8 @@ def _imports(file: Path) -> set[str]:
             if node.level:
                 base = here.rsplit(".", node.level)[0]
                 found.add(f"{base}.{node.module}" if node.module else base)
+            elif node.module == "ossai":  # `from ossai import harmony` names subpackages
+                found |= {f"ossai.{a.name}" for a in node.names}
             elif node.module:
                 found.add(node.module)
     return {m for m in found if m == "ossai" or m.startswith("ossai.")}
