@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ossai.errors import ModelLoadError
+from ossai.errors import BadRequest, ModelLoadError
 
 RMS_NORM_EPS = 1e-5  # not in config.json; the reference's RMSNorm default
 SWIGLU_ALPHA = 1.702  # not in config.json; the reference's swiglu() default
@@ -234,3 +234,78 @@ def _number(source: str, key: str, value: Any, kind: type) -> Any:
             raise ModelLoadError(f"{source}: {key} must be an integer, got {value!r}")
         return int(value)
     return float(value)
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Per-request generation settings, with OpenAI's and vLLM's semantics; validated, as user input."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0  # OpenAI's recommendation for gpt-oss; 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens of the prompt and output
+    seed: int | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+    stop: tuple[str, ...] = ()  # stop strings; the text stops before them and they are not emitted
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stop_token_ids = frozenset(self.stop_token_ids)
+        self.stop = tuple(s for s in self.stop if s)
+        checks = [
+            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
+            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
+            (self.top_k >= 0, "top_k", "must be >= 0"),
+            (0.0 <= self.min_p <= 1.0, "min_p", "must be in [0, 1]"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]"),
+            (self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
+            (0 <= self.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
+            (len(self.stop) <= 16, "stop", "allows at most 16 strings"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise BadRequest(f"{name} {rule}, got {getattr(self, name)!r}")
+        for token, bias in self.logit_bias.items():
+            if not isinstance(token, int) or not -100 <= bias <= 100:
+                raise BadRequest(f"logit_bias values must be in [-100, 100], got {token}: {bias}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """How the engine runs a model: device, threads, the KV-cache budget and the batch limits."""
+
+    device: str = "cpu"  # auto, cpu, cuda, cuda:N
+    threads: int | None = None  # CPU threads; None = physical cores
+    kv_cache_mb: float | None = None  # KV pool size; None = kv_cache_fraction of total memory
+    kv_cache_fraction: float = 0.1
+    block_size: int = 16  # tokens per KV block
+    max_num_seqs: int = 32  # requests decoded together
+    max_num_batched_tokens: int = 512  # tokens per step: bounds a prefill chunk so decoding never stalls
+    max_model_len: int | None = None  # context limit; None = the model's (131072) or what the pool holds
+    prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.threads is None or self.threads >= 1, "threads", "must be at least 1"),
+            (self.kv_cache_mb is None or self.kv_cache_mb > 0, "kv_cache_mb", "must be positive"),
+            (0.0 < self.kv_cache_fraction < 1.0, "kv_cache_fraction", "must be in (0, 1)"),
+            (self.block_size in (8, 16, 32, 64, 128), "block_size", "must be one of 8, 16, 32, 64, 128"),
+            (self.max_num_seqs >= 1, "max_num_seqs", "must be at least 1"),
+            (self.max_num_batched_tokens >= 16, "max_num_batched_tokens", "must be at least 16"),
+            (self.max_model_len is None or self.max_model_len >= 16, "max_model_len", "must be at least 16"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise BadRequest(f"{name} {rule}, got {getattr(self, name)!r}")

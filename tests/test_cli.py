@@ -9,7 +9,7 @@ import sys
 from typer.testing import CliRunner
 
 from ossai.cli import app
-from ossai.engine import Engine, GenerationParams
+from ossai.engine import Engine, SamplingParams
 
 runner = CliRunner()
 
@@ -26,7 +26,9 @@ def test_generate_raw_tokens_json(tiny):
     )
     assert len(out["tokens"]) == 8
     assert out["prefill_tps"] > 0 and out["decode_tps"] > 0
-    expected = list(Engine.load(tiny).generate([200006, 1428, 200008], GenerationParams(max_tokens=8)))
+    expected = list(
+        Engine.load(tiny).generate([200006, 1428, 200008], SamplingParams(max_tokens=8, temperature=0.0))
+    )
     assert out["tokens"] == expected
 
 

@@ -1,5 +1,20 @@
-"""The inference engine: `Engine.load(path)`, `Engine.logits(ids)`, `Engine.generate(ids, params)`."""
+"""The inference engine: continuous batching over a paged KV cache with prefix caching.
 
-from ossai.engine.engine import Engine, GenerationParams
+`Engine.load(path)`, `Engine.submit(Request) -> RequestStream`, `Engine.abort(id)`, `Engine.generate(ids,
+params)` (a sync convenience) and `Engine.logits(ids)` (one cache-free prefill).
+"""
 
-__all__ = ["Engine", "GenerationParams"]
+from ossai.config import EngineConfig, SamplingParams
+from ossai.engine.engine import Engine, EngineStats, RequestStream
+from ossai.engine.sequence import Output, Request, TokenLogprob
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "Output",
+    "Request",
+    "RequestStream",
+    "SamplingParams",
+    "TokenLogprob",
+]

@@ -1,52 +1,129 @@
-"""The Engine: loads a checkpoint and runs the model.
+"""The Engine: the one public API over the model, for the server, the CLI, the clients and benchmarks.
 
-This is the single-sequence core (prefill, incremental decode with a KV cache, sampling); continuous
-batching over a paged cache builds on it.
+    engine = Engine.load(path)
+    stream = engine.submit(Request(prompt_ids, SamplingParams(max_tokens=64)))
+    for out in stream:            # or `async for` inside asyncio
+        print(out.text, end="")
+
+One worker thread owns the model and runs the loop: take new requests and aborts, schedule a step
+(continuous batching with chunked prefill over a paged KV cache), run it, sample, and hand each
+request's output to its stream. `submit` and `abort` are thread-safe and never block on the model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ossai.config import ModelConfig
+from ossai.config import EngineConfig, ModelConfig, SamplingParams
 from ossai.engine.device import default_dtype, resolve_device, set_threads
+from ossai.engine.runner import Runner
 from ossai.engine.sampling import sample
+from ossai.engine.scheduler import Scheduler
+from ossai.engine.sequence import Output, Request, Sequence
 from ossai.errors import BadRequest, ContextLengthError
-from ossai.model.cache import KVCache
 from ossai.model.transformer import Transformer
 from ossai.model.weights import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class GenerationParams:
-    max_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_tokens: frozenset[int] = frozenset()
+class RequestStream:
+    """The outputs of one request, iterable from plain code or from asyncio (whichever submitted it).
 
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise BadRequest(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise BadRequest(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise BadRequest(f"top_p must be in (0, 1], got {self.top_p}")
+    Leaving the iteration early (break, close, task cancellation) aborts the request."""
+
+    def __init__(self, engine: Engine, request_id: str):
+        self.engine = engine
+        self.request_id = request_id
+        self.finished = False
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            self._async_queue: asyncio.Queue[Output] = asyncio.Queue()
+        except RuntimeError:
+            self._loop = None
+        self._queue: queue.SimpleQueue[Output] = queue.SimpleQueue()
+
+    def put(self, output: Output) -> None:
+        """Called from the engine's worker thread."""
+        if self._loop is None:
+            self._queue.put(output)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, output)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            self.engine.abort(self.request_id)
+
+    def __iter__(self) -> Iterator[Output]:
+        if self._loop is not None:
+            raise RuntimeError("this stream was submitted from asyncio: use `async for`")
+        try:
+            while not self.finished:
+                output = self._queue.get()
+                self.finished = output.finished
+                yield output
+        finally:
+            if not self.finished:
+                self.engine.abort(self.request_id)
+
+    async def __aiter__(self) -> AsyncIterator[Output]:
+        if self._loop is None:
+            raise RuntimeError("this stream was submitted outside asyncio: iterate it with `for`")
+        try:
+            while not self.finished:
+                output = await self._async_queue.get()
+                self.finished = output.finished
+                yield output
+        finally:
+            if not self.finished:
+                self.engine.abort(self.request_id)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of KV blocks held by requests
+    kv_blocks: int
+    prefix_hit_rate: float  # prompt tokens served from cache / prompt tokens
+    prompt_tokens: int
+    generated_tokens: int
+    preemptions: int
+    max_model_len: int
 
 
 class Engine:
-    def __init__(self, model: Transformer, checkpoint: Checkpoint, device: torch.device, threads: int):
+    def __init__(
+        self,
+        model: Transformer,
+        checkpoint: Checkpoint | None,
+        device: torch.device,
+        threads: int,
+        config: EngineConfig | None = None,
+    ):
         self.model = model
         self.checkpoint = checkpoint
         self.device = device
         self.threads = threads
+        self.engine_config = config or EngineConfig(device=str(device), threads=threads)
+        self._runner: Runner | None = None
+        self._scheduler: Scheduler | None = None
+        self._cond = threading.Condition()
+        self._incoming: list[tuple[Sequence, RequestStream]] = []
+        self._aborts: set[str] = set()
+        self._streams: dict[str, RequestStream] = {}
+        self._seqs: dict[str, Sequence] = {}
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._prompt_tokens = 0
+        self._generated_tokens = 0
 
     @property
     def config(self) -> ModelConfig:
@@ -59,7 +136,10 @@ class Engine:
         device: str = "cpu",
         threads: int | None = None,
         dtype: torch.dtype | None = None,
+        config: EngineConfig | None = None,
     ) -> Engine:
+        if config is not None:
+            device, threads = config.device, config.threads if threads is None else threads
         dev = resolve_device(device)
         n_threads = set_threads(threads)
         checkpoint = Checkpoint.open(path)
@@ -69,48 +149,160 @@ class Engine:
         log.info(
             "loaded %s (%s layout) on %s, %d threads", checkpoint.root, checkpoint.layout, dev, n_threads
         )
-        return cls(model, checkpoint, dev, n_threads)
+        return cls(model, checkpoint, dev, n_threads, config)
 
-    def _tokens(self, token_ids: Iterable[int]) -> torch.Tensor:
-        ids = torch.as_tensor(list(token_ids), dtype=torch.long)
-        if ids.ndim != 1 or ids.numel() == 0:
-            raise BadRequest("token_ids must be a non-empty list of token ids")
+    # -- the paged engine, created on first use ----------------------------------------------------------
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = Runner(self.model, self.engine_config, self.device)
+            self._scheduler = Scheduler(
+                self._runner.blocks,
+                self.engine_config.max_num_seqs,
+                self.engine_config.max_num_batched_tokens,
+            )
+        return self._runner
+
+    @property
+    def max_model_len(self) -> int:
+        return self.runner.max_model_len
+
+    # -- public API --------------------------------------------------------------------------------------
+    def check_tokens(self, token_ids: Iterable[int]) -> list[int]:
+        ids = list(token_ids)
+        if not ids:
+            raise BadRequest("the prompt is empty")
         vocab = self.config.vocab_size
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise BadRequest(f"token ids must be in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
-        if ids.numel() > self.config.max_context:
-            raise ContextLengthError(f"{ids.numel()} tokens exceed the context of {self.config.max_context}")
-        return ids.to(self.device)
+        bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BadRequest(f"token ids must be integers in [0, {vocab}), got {bad!r}")
+        return ids
 
     @torch.inference_mode()
     def logits(self, token_ids: Iterable[int]) -> torch.Tensor:
         """Logits for every position of `token_ids` (one prefill, no cache): float32 [T, vocab]."""
-        ids = self._tokens(token_ids)
-        return self.model.logits(self.model(ids)).cpu()
-
-    @torch.inference_mode()
-    def generate(self, prompt: Iterable[int], params: GenerationParams) -> Iterator[int]:
-        """Yield generated token ids: one prefill, then one cached decode step per token.
-
-        Stops after max_tokens or after yielding a stop token.
-        """
-        ids = self._tokens(prompt)
-        total = ids.numel() + params.max_tokens
-        if total > self.config.max_context:
+        ids = self.check_tokens(token_ids)
+        if len(ids) > self.config.max_context:
             raise ContextLengthError(
-                f"prompt ({ids.numel()} tokens) plus max_tokens ({params.max_tokens}) exceeds the context "
-                f"of {self.config.max_context} tokens"
+                f"{len(ids)} tokens exceed the model's context of {self.config.max_context}"
             )
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        cache = KVCache(self.config, total, self.model.dtype, self.device)
-        positions = torch.arange(ids.numel(), device=self.device)
-        hidden = self.model(ids, positions, cache)[-1:]
-        for step in range(params.max_tokens):
-            token = sample(self.model.logits(hidden)[0], params.temperature, params.top_p, generator)
-            yield token
-            if token in params.stop_tokens or step + 1 == params.max_tokens:
-                return
-            position = torch.tensor([ids.numel() + step], device=self.device)
-            hidden = self.model(torch.tensor([token], device=self.device), position, cache)
+        tokens = torch.tensor(ids, device=self.device)
+        return self.model.logits(self.model(tokens)).cpu()
+
+    def submit(self, request: Request) -> RequestStream:
+        """Queue a request; its outputs arrive on the returned stream. Bad input raises BadRequest."""
+        request.prompt = self.check_tokens(request.prompt)
+        total = len(request.prompt) + request.params.max_tokens
+        if total > self.max_model_len:
+            raise ContextLengthError(
+                f"prompt ({len(request.prompt)} tokens) plus max_tokens ({request.params.max_tokens}) "
+                f"exceeds the context of {self.max_model_len} tokens"
+            )
+        stream = RequestStream(self, request.request_id)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if request.request_id in self._streams:
+                raise BadRequest(f"request id {request.request_id} is already running")
+            self._streams[request.request_id] = stream
+            self._incoming.append((Sequence(request), stream))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._loop, name="ossai-engine", daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        with self._cond:
+            if request_id in self._streams:
+                self._aborts.add(request_id)
+                self._cond.notify()
+
+    def generate(self, prompt: Iterable[int], params: SamplingParams) -> Iterator[int]:
+        """Token ids of one request as they come (a convenience over submit); closing it aborts."""
+        for output in self.submit(Request(list(prompt), params)):
+            yield from output.token_ids
+
+    def stats(self) -> EngineStats:
+        runner, scheduler = self.runner, self._scheduler
+        assert scheduler is not None
+        with self._cond:
+            return EngineStats(
+                running=len(scheduler.running),
+                waiting=len(scheduler.waiting) + len(self._incoming),
+                kv_usage=runner.blocks.usage(),
+                kv_blocks=runner.blocks.full.num_blocks + runner.blocks.sliding.num_blocks,
+                prefix_hit_rate=runner.blocks.hit_rate,
+                prompt_tokens=self._prompt_tokens,
+                generated_tokens=self._generated_tokens,
+                preemptions=scheduler.preemptions,
+                max_model_len=runner.max_model_len,
+            )
+
+    def close(self) -> None:
+        """Abort everything and stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._aborts.update(self._streams)
+            self._cond.notify()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+
+    # -- the worker ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        scheduler = self._scheduler
+        assert scheduler is not None
+        while True:
+            with self._cond:
+                while not (self._incoming or self._aborts or scheduler.has_work() or self._closed):
+                    self._cond.wait()
+                incoming, self._incoming = self._incoming, []
+                aborts, self._aborts = self._aborts, set()
+                if self._closed and not incoming and not aborts and not scheduler.has_work():
+                    return
+            for seq, _ in incoming:
+                self._seqs[seq.request_id] = seq
+                self._prompt_tokens += seq.num_prompt
+                scheduler.add(seq)
+            for request_id in aborts:
+                seq = self._seqs.get(request_id)
+                if seq is not None:
+                    self._finish(seq, seq.abort())
+            try:
+                self._step(scheduler)
+            except Exception as exc:  # a bug or out of memory: fail what is in flight, keep serving
+                log.exception("engine step failed")
+                for seq in list(self._seqs.values()):
+                    seq.finish_reason = "error"
+                    self._finish(seq, seq.output(text=f"[engine error: {type(exc).__name__}: {exc}]"))
+
+    def _step(self, scheduler: Scheduler) -> None:
+        batch = scheduler.schedule()
+        if not batch:
+            return
+        logits = self.runner.step(batch)
+        row = 0
+        for item in batch:
+            scheduler.computed(item)
+            if not item.samples:
+                continue
+            seq = item.seq
+            token, logprob = sample(logits[row], seq.params, seq.generator, seq.tokens, seq.counts)
+            row += 1
+            output = seq.append(token)
+            self._generated_tokens += 1
+            if logprob is not None:
+                output.logprobs = [logprob]
+            if output.finished:
+                self._finish(seq, output)
+            else:
+                self._streams[seq.request_id].put(output)
+
+    def _finish(self, seq: Sequence, output: Output) -> None:
+        assert self._scheduler is not None
+        self._scheduler.finish(seq)
+        self._seqs.pop(seq.request_id, None)
+        with self._cond:
+            stream = self._streams.pop(seq.request_id, None)
+        if stream is not None:
+            stream.put(output)

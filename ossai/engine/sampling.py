@@ -1,25 +1,79 @@
-"""Sampling as small pure functions over one row of fp32 logits."""
+"""Sampling as small pure functions over one row of fp32 logits.
+
+Each request samples with its own torch.Generator, so a seeded request draws the same tokens whatever
+else shares its batch. Logprobs are reported from the model's raw distribution (log_softmax of the
+logits before bias, penalties and temperature), as vLLM and OpenAI do.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
-
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability mass reaches top_p (always at least one)."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    # drop a token when the mass before it already reaches top_p
-    drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+from ossai.config import SamplingParams
+from ossai.engine.sequence import TokenLogprob
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token id from logits [V]; greedy when temperature is 0."""
-    if temperature <= 0.0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(top_p_filter(logits.float() / temperature, top_p), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def apply_penalties(
+    logits: torch.Tensor, params: SamplingParams, seen: Iterable[int], counts: dict[int, int]
+):
+    """logit_bias, then the repetition penalty (prompt and output, HF's rule) and OpenAI's presence and
+    frequency penalties (output only). Returns a new tensor."""
+    logits = logits.clone()
+    if params.logit_bias:
+        ids = torch.tensor([t for t in params.logit_bias if 0 <= t < logits.shape[-1]], dtype=torch.long)
+        if ids.numel():
+            logits[ids] += torch.tensor([params.logit_bias[int(t)] for t in ids])
+    if params.repetition_penalty != 1.0:
+        ids = torch.tensor(sorted(set(seen)), dtype=torch.long)
+        if ids.numel():
+            chosen = logits[ids]
+            logits[ids] = torch.where(
+                chosen > 0, chosen / params.repetition_penalty, chosen * params.repetition_penalty
+            )
+    if (params.presence_penalty or params.frequency_penalty) and counts:
+        ids = torch.tensor(list(counts), dtype=torch.long)
+        n = torch.tensor(list(counts.values()), dtype=torch.float32)
+        logits[ids] -= params.presence_penalty + params.frequency_penalty * n
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Mask (to -inf) what top-k, top-p (nucleus) and min-p exclude; the most likely token always stays."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p  # the mass before it already reaches top_p
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    seen: Iterable[int] = (),
+    counts: dict[int, int] | None = None,
+) -> tuple[int, TokenLogprob | None]:
+    """One token from logits [V] (fp32, on CPU), and its logprob record when asked."""
+    processed = apply_penalties(logits, params, seen, counts or {})
+    if params.greedy:
+        token = int(torch.argmax(processed))
+    else:
+        filtered = filter_logits(processed / params.temperature, params.top_k, params.top_p, params.min_p)
+        token = int(torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator))
+    if not (params.logprobs or params.top_logprobs):
+        return token, None
+    logprobs = torch.log_softmax(logits, dim=-1)
+    top: list[tuple[int, float]] = []
+    if params.top_logprobs:
+        values, ids = torch.topk(logprobs, params.top_logprobs)
+        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return token, TokenLogprob(token, float(logprobs[token]), top)

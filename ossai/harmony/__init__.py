@@ -41,6 +41,7 @@ from ossai.harmony.tokenizer import (
     decode,
     encode,
     load_encoding,
+    token_bytes,
 )
 
 __all__ = [
@@ -76,4 +77,5 @@ __all__ = [
     "parse_effort",
     "render_chat",
     "render_conversation",
+    "token_bytes",
 ]

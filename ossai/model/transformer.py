@@ -27,12 +27,21 @@ UNEMBED_CHUNK = 32768  # vocab rows per unembedding matmul: bounds the upcast we
 WeightGetter = Callable[[str], torch.Tensor]
 
 
-class LayerCache(Protocol):
-    """Per-layer key/value store; returns every key the new queries may need, with its position."""
+class KVCache(Protocol):
+    """Where keys and values live across steps (the engine's paged pool). `attend` stores this step's k, v
+    for `layer` and returns the attention output of the step's queries over everything they may see."""
 
-    def update(
-        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        window: int | None,
+        sinks: torch.Tensor,
+        sm_scale: float,
+    ) -> torch.Tensor: ...
 
 
 class AttentionBlock(nn.Module):
@@ -42,27 +51,25 @@ class AttentionBlock(nn.Module):
         for name in ("norm.scale", "q.weight", "q.bias", "k.weight", "k.bias", "v.weight", "v.bias",
                      "sinks", "out.weight", "out.bias"):  # fmt: skip
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
-        self.heads, self.kv_heads, self.head_dim = (
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.head_dim,
-        )
+        self.layer = layer
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
         self.window = config.sliding_window if config.is_sliding(layer) else None
         self.sm_scale = 1.0 / math.sqrt(config.head_dim)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         t = rms_norm(x, self.norm_scale)
         n = x.shape[0]
         q = linear(t, self.q_weight, self.q_bias).view(n, self.heads, self.head_dim)  # [T, K*G, D]
         k = linear(t, self.k_weight, self.k_bias).view(n, self.kv_heads, self.head_dim)  # [T, K, D]
         v = linear(t, self.v_weight, self.v_bias).view(n, self.kv_heads, self.head_dim)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
-        k_pos = positions
-        if cache is not None:
-            k, v, k_pos = cache.update(k, v, positions)
-        a = attention(q, k, v, self.sinks, positions, k_pos, self.window, self.sm_scale)  # [T, K*G*D]
-        return x + linear(a, self.out_weight, self.out_bias)
+        if cache is None:  # one sequence, attending to itself
+            a = attention(q, k, v, self.sinks, positions, positions, self.window, self.sm_scale)
+        else:
+            a = cache.attend(self.layer, q, k, v, positions, self.window, self.sinks, self.sm_scale)
+        return x + linear(a, self.out_weight, self.out_bias)  # a: [T, K*G*D]
 
 
 class MLPBlock(nn.Module):
@@ -138,14 +145,17 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: list[LayerCache] | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """tokens [T] int64 -> final hidden states [T, H] (before the final norm)."""
+        """tokens [T] int64 -> final hidden states [T, H] (before the final norm).
+
+        Without a cache the tokens are one sequence at positions 0..T-1; with one, they may be several
+        sequences' chunks, as the cache's batch metadata describes."""
         if positions is None:
             positions = torch.arange(tokens.shape[0], device=tokens.device)
         x = self.embedding[tokens].to(self.dtype)  # [T, H]
-        for n, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
-            x = attn(x, positions, None if cache is None else cache[n])
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            x = attn(x, positions, cache)
             x = mlp(x)
         return x
 

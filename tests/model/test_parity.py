@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ossai.engine import Engine, GenerationParams
-from ossai.model.cache import KVCache
+from ossai.engine import Engine, EngineConfig, SamplingParams
+from ossai.engine.scheduler import Scheduled
+from ossai.engine.sequence import Request, Sequence
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,27 +69,31 @@ def test_greedy_continuation_matches_transformers(tiny_checkpoints, hf_model, se
             .tolist()
         )
     engine = Engine.load(tiny_checkpoints(seed, layout))
-    ours = list(engine.generate(ids, GenerationParams(max_tokens=32, temperature=0.0)))
+    ours = list(engine.generate(ids, SamplingParams(max_tokens=32, temperature=0.0)))
     assert ours == ref
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_incremental_decoding_equals_full_recompute(tiny_checkpoints, seed):
-    engine = Engine.load(tiny_checkpoints(seed, "original"))
-    model = engine.model
-    ids = torch.tensor(_prompt(seed, 200))
-    full = engine.logits(ids.tolist())
-    # prefill 100 tokens in two chunks (47 + 53), then decode the other 100 one by one
-    cache = KVCache(model.config, 200, model.dtype)
+    """Prefill in two chunks, then decode one token at a time through the paged KV cache (sliding-window
+    blocks released as the window moves): every position's logits equal a cache-free full prefill."""
+    engine = Engine.load(tiny_checkpoints(seed, "original"), config=EngineConfig(kv_cache_mb=32))
+    runner = engine.runner
+    ids = _prompt(seed, 200)
+    full = engine.logits(ids)
+    seq = Sequence(Request(ids[:1]))
     rows = []
-    with torch.inference_mode():
-        for lo, hi in [(0, 47), (47, 100)]:
-            rows.append(model.logits(model(ids[lo:hi], torch.arange(lo, hi), cache)))
-        for p in range(100, 200):
-            rows.append(model.logits(model(ids[p : p + 1], torch.tensor([p]), cache)))
+    for lo, hi in [(0, 47), (47, 100)] + [(p, p + 1) for p in range(100, 200)]:
+        seq.tokens = ids[:hi]
+        runner.blocks.allocate(seq.tables, lo, hi)
+        rows.append(runner.step([Scheduled(seq, lo, hi - lo)]))
+        runner.blocks.computed(seq.tables, seq.tokens, hi)
     incremental = torch.cat(rows)
-    assert (incremental - full).abs().max().item() < 1e-5
-    assert torch.equal(incremental.argmax(-1), full.argmax(-1))
+    expected = full[[46, *range(99, 200)]]
+    assert (incremental - expected).abs().max().item() < 1e-5
+    assert torch.equal(incremental.argmax(-1), expected.argmax(-1))
+    live = [b for b in seq.tables.sliding if b is not None]
+    assert len(live) <= 128 // runner.block_size + 1  # sliding layers hold only the last window
 
 
 def test_bf16_activations_track_transformers_bf16(tiny_checkpoints, hf_model):

@@ -1,0 +1,137 @@
+"""A request as the scheduler sees it (tokens, progress, blocks) and the output it streams back.
+
+Legend: a sequence's `tokens` are its prompt followed by what it generated; `num_computed` of them have
+their keys and values in the cache. A step computes the next chunk; when it reaches the end of `tokens`
+the step's logits give the next token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from ossai import harmony
+from ossai.config import SamplingParams
+from ossai.engine.block_manager import BlockTables
+
+
+@dataclass(slots=True)
+class Request:
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex}")
+    parse_harmony: bool = False  # run the harmony parser over the output: `Output.events`
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token, logprob) of the most likely tokens
+
+
+@dataclass(slots=True)
+class Output:
+    """What one engine step produced for a request (the increments, not the totals)."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    events: list[harmony.Event]
+    logprobs: list[TokenLogprob] | None
+    finished: bool
+    finish_reason: str | None  # "stop" (stop token or string), "length", "abort"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens served from the prefix cache
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, request: Request):
+        self.request = request
+        self.params = request.params
+        self.tokens = list(request.prompt)
+        self.num_prompt = len(request.prompt)
+        self.num_computed = 0
+        self.cached_tokens = 0
+        self.status = Status.WAITING
+        self.tables = BlockTables()
+        self.generator = torch.Generator()
+        seed = self.params.seed if self.params.seed is not None else int(torch.randint(2**62, ()).item())
+        self.generator.manual_seed(seed)
+        self.counts: dict[int, int] = {}  # generated token -> times, for the penalties
+        self.finish_reason: str | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""  # decoded output text not yet emitted (held back while it may start a stop string)
+        self._holdback = max((len(s) for s in self.params.stop), default=1) - 1
+        self.parser = harmony.StreamParser() if request.parse_harmony else None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to compute before the next sample."""
+        return len(self.tokens) - self.num_computed
+
+    def append(self, token: int) -> Output:
+        """Record a sampled token and work out what becomes visible and whether the request is done."""
+        self.tokens.append(token)
+        self.counts[token] = self.counts.get(token, 0) + 1
+        events = self.parser.feed(token) if self.parser is not None else []
+        if token in self.params.stop_token_ids:
+            self.finish_reason = "stop"
+            text = self._decoder.decode(b"", final=True)  # the stop token itself is not emitted
+        else:
+            text = self._decoder.decode(harmony.token_bytes(token))
+            if self.num_generated >= self.params.max_tokens:
+                self.finish_reason = "length"
+        return self._emit(text, [token], events)
+
+    def _emit(self, text: str, token_ids: list[int], events: list) -> Output:
+        self._text += text
+        hits = [i for i in (self._text.find(s) for s in self.params.stop) if i >= 0]
+        if hits:
+            self.finish_reason = "stop"
+            self._text = self._text[: min(hits)]
+        keep = 0 if self.finish_reason else self._holdback
+        cut = len(self._text) - keep
+        visible, self._text = self._text[:cut], self._text[cut:]
+        if self.finish_reason and self.parser is not None:
+            events = events + self.parser.finish()
+        return self.output(visible, token_ids, events)
+
+    def output(
+        self, text: str = "", token_ids: list[int] | None = None, events: list | None = None
+    ) -> Output:
+        return Output(
+            request_id=self.request_id,
+            token_ids=token_ids or [],
+            text=text,
+            events=events or [],
+            logprobs=None,
+            finished=self.finish_reason is not None,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.num_prompt,
+            completion_tokens=self.num_generated,
+            cached_tokens=self.cached_tokens,
+        )
+
+    def abort(self) -> Output:
+        self.finish_reason = "abort"
+        return self._emit("", [], [])
