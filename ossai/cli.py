@@ -5,6 +5,8 @@ Examples:
 \b
     ossai generate ./gpt-oss-20b --prompt "Why is the sky blue?" --effort low
     ossai generate ./gpt-oss-20b --raw --tokens 200006,17360,200008 --max-tokens 16 --json
+    ossai chat ./gpt-oss-20b --effort high
+    ossai bench ./gpt-oss-20b --prompt-tokens 512 --gen-tokens 128 --concurrency 8 --json
     python -m ossai.testing.checkpoint --preset tiny --seed 0 --out /tmp/tiny  # a random test model
 """
 
@@ -78,7 +80,7 @@ def generate(
     (the reasoning is in --json's `reasoning`). --raw completes the text or token ids as given.
     """
     from ossai import harmony
-    from ossai.engine import Engine, GenerationParams
+    from ossai.engine import Engine, SamplingParams
 
     if (prompt is None) == (tokens is None):
         raise BadRequest("give exactly one of --prompt or --tokens")
@@ -92,10 +94,19 @@ def generate(
         ]
         prompt_ids = harmony.render_chat(messages, effort=effort)
     stops = frozenset() if raw else frozenset(harmony.STOP_TOKENS)
-    params = GenerationParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_tokens=stops
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=stops
     )
     engine = Engine.load(model, device=device, threads=threads)
+    try:
+        _generate(engine, prompt_ids, params, raw, as_json)
+    finally:
+        engine.close()
+
+
+def _generate(engine, prompt_ids: list[int], params, raw: bool, as_json: bool) -> None:
+    from ossai import harmony
+
     parser = None if raw else harmony.StreamParser()
     reasoning: list[str] = []
     final: list[str] = []
@@ -139,6 +150,103 @@ def generate(
     if parser is not None and parser.warnings:
         result["warnings"] = parser.warnings
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def chat(
+    model: ModelArg,
+    effort: EffortOpt = "medium",
+    system: Annotated[str | None, typer.Option(help="instructions for the assistant")] = None,
+    show_reasoning: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-reasoning/--hide-reasoning",
+            help="stream the reasoning (default: shown on a terminal; with piped stdin, on stderr if given)",
+        ),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="tokens per reply at most")] = 2048,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="random seed for reproducible sampling")] = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Chat with a model in the terminal; /help lists the slash commands.
+
+    With stdin not a terminal, each line is a prompt or a slash command: answers go to stdout (one reply
+    ends with one newline) and stats, notices and errors go to stderr. The exit status is then 1 if any
+    line failed.
+    """
+    from ossai.chat import ChatOptions, run_chat
+    from ossai.engine import Engine
+
+    options = ChatOptions(
+        effort=effort,
+        system=system,
+        show_reasoning=show_reasoning,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )  # checked before the model loads
+    engine = Engine.load(model, device=device, threads=threads)
+    try:
+        status = run_chat(engine.generate, options, model=model)
+    finally:
+        engine.close()  # stop the engine's worker before the interpreter goes
+    raise typer.Exit(status)
+
+
+@app.command()
+def bench(
+    model: ModelArg,
+    prompt_tokens: Annotated[int, typer.Option(help="prompt length (random token ids)")] = 512,
+    gen_tokens: Annotated[int, typer.Option(help="tokens generated per stream")] = 128,
+    concurrency: Annotated[int, typer.Option(help="streams at once for the aggregate figures")] = 8,
+    prefix_tokens: Annotated[
+        int,
+        typer.Option(help="also time a repeated prompt of this length, cold and prefix-cached (0 = skip)"),
+    ] = 0,
+    kv_cache_mb: Annotated[float | None, typer.Option(help="KV cache size (default: 10% of RAM)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Measure prefill, single-stream decode, batched decode (aggregate tokens/s, TTFT) and peak memory.
+
+    Figures: prefill_tps and decode_tps for one stream; aggregate_tps, ttft_ms_p50/p99 for --concurrency
+    streams submitted together; peak_rss_mb. Sampling is greedy without stop tokens.
+    """
+    from ossai import bench as benchmark
+    from ossai.engine import Engine, EngineConfig
+
+    for name, value in (
+        ("prompt-tokens", prompt_tokens),
+        ("gen-tokens", gen_tokens),
+        ("concurrency", concurrency),
+    ):
+        if value < 1:
+            raise BadRequest(f"--{name} must be at least 1, got {value}")
+    config = EngineConfig(
+        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max(32, concurrency)
+    )
+    engine = Engine.load(model, config=config)
+    try:
+        result = benchmark.run(engine, prompt_tokens, gen_tokens, concurrency, prefix_tokens)
+    finally:
+        engine.close()
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ossai bench {model}", show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 def main() -> None:

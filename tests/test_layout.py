@@ -23,7 +23,10 @@ ALLOWED: dict[str, set[str]] = {
     "store": BASE | {"store"},
     "testing": BASE | {"model", "testing", "harmony"},
     "server": BASE | {"model", "kernels", "engine", "harmony", "tools", "store", "server"},
-    "cli": BASE | {"model", "kernels", "engine", "harmony", "tools", "store", "server", "testing"},
+    "chat": BASE | {"harmony", "engine", "tools"},  # the terminal client
+    "bench": BASE | {"engine"},  # `ossai bench`
+    "cli": BASE
+    | {"model", "kernels", "engine", "harmony", "tools", "store", "server", "testing", "chat", "bench"},
 }
 
 

@@ -13,9 +13,11 @@ request's output to its stream. `submit` and `abort` are thread-safe and never b
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +30,21 @@ from ossai.engine.runner import Runner
 from ossai.engine.sampling import sample
 from ossai.engine.scheduler import Scheduler
 from ossai.engine.sequence import Output, Request, Sequence
-from ossai.errors import BadRequest, ContextLengthError
+from ossai.errors import BadRequest, Busy, ContextLengthError
 from ossai.model.transformer import Transformer
 from ossai.model.weights import Checkpoint
 
 log = logging.getLogger(__name__)
+
+# Engines whose worker thread is running: stopped before the interpreter tears down torch, which would
+# otherwise abort the process ("terminate called without an active exception") mid-step.
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_LIVE):
+        engine.close()
 
 
 class RequestStream:
@@ -201,14 +213,15 @@ class Engine:
         stream = RequestStream(self, request.request_id)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the engine is closed")
+                raise Busy("the engine is shutting down")
             if request.request_id in self._streams:
                 raise BadRequest(f"request id {request.request_id} is already running")
             self._streams[request.request_id] = stream
             self._incoming.append((Sequence(request), stream))
             if self._worker is None:
-                self._worker = threading.Thread(target=self._loop, name="ossai-engine", daemon=True)
+                self._worker = threading.Thread(target=self._run_worker, name="ossai-engine", daemon=True)
                 self._worker.start()
+                _LIVE.add(self)
             self._cond.notify()
         return stream
 
@@ -240,15 +253,31 @@ class Engine:
             )
 
     def close(self) -> None:
-        """Abort everything and stop the worker."""
+        """Abort everything and stop the worker (waits for the step in flight)."""
         with self._cond:
             self._closed = True
             self._aborts.update(self._streams)
             self._cond.notify()
-        if self._worker is not None:
-            self._worker.join(timeout=30)
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=60)
+        _LIVE.discard(self)
 
     # -- the worker ----------------------------------------------------------------------------------------
+    def _run_worker(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # never leave a stream waiting on a dead worker
+            log.exception("engine worker died")
+            with self._cond:
+                self._closed = True
+            for seq in list(self._seqs.values()):
+                seq.finish_reason = "error"
+                self._finish(seq, seq.output(text="[engine error: the worker stopped]"))
+            for seq, _ in self._incoming:
+                seq.finish_reason = "error"
+                self._finish(seq, seq.output(text="[engine error: the worker stopped]"))
+            raise
+
     def _loop(self) -> None:
         scheduler = self._scheduler
         assert scheduler is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import enum
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ class Output:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int  # prompt tokens served from the prefix cache
+    created: float = field(default_factory=time.perf_counter)  # when the engine produced it
 
 
 class Status(enum.Enum):
