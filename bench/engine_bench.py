@@ -40,8 +40,9 @@ def main() -> int:
         make = [sys.executable, "-m", "ossai.testing.checkpoint", "--preset", "20b", "--layers", "4"]
         subprocess.run([*make, "--seed", "0", "--out", str(args.out)], check=True)
     command = [
-        "ossai", "bench", str(args.out), "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens",
-        str(args.gen_tokens), "--threads", str(args.threads), "--concurrency", str(args.concurrency),
+        sys.executable, "-m", "ossai.cli", "bench", str(args.out),
+        "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
+        "--threads", str(args.threads), "--concurrency", str(args.concurrency),
         "--prefix-tokens", str(args.prefix_tokens), "--json",
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout

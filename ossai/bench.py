@@ -2,6 +2,9 @@
 
 Prompts are random token ids (distinct per stream, so the prefix cache cannot flatter the concurrency
 figure), sampling is greedy with no stop token, so every stream generates exactly --gen-tokens.
+`aggregate_tps` is the steady-state decode rate with all streams running (the window between the last
+stream's first token and the first stream's last); `aggregate_wall_tps` divides all tokens by the wall
+time, prefills included.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class Timing:
     ttft: float  # seconds from submit to the first token
     total: float  # seconds from submit to the last token
     tokens: int
+    times: list[float]  # when each token came, seconds from submit
 
 
 def _prompt(length: int, seed: int, vocab: int) -> list[int]:
@@ -36,8 +40,8 @@ def _run(engine: Engine, prompts: list[list[int]], gen_tokens: int) -> list[Timi
     streams = [engine.submit(Request(p, params)) for p in prompts]
     timings = []
     for stream in streams:
-        outputs = [out for out in stream if out.token_ids]
-        timings.append(Timing(outputs[0].created - started, outputs[-1].created - started, len(outputs)))
+        times = [out.created - started for out in stream if out.token_ids]
+        timings.append(Timing(times[0], times[-1], len(times), times))
     return timings
 
 
@@ -68,8 +72,13 @@ def run(
     many = _run(engine, [_prompt(prompt_tokens, 100 + i, vocab) for i in range(concurrency)], gen_tokens)
     wall = time.perf_counter() - started
     ttfts = [t.ttft * 1000 for t in many]
+    # steady-state decode: from when the last stream got its first token until the first stream ended,
+    # every stream is decoding; count the tokens made in that window
+    window_start, window_end = max(t.ttft for t in many), min(t.total for t in many)
+    in_window = sum(1 for t in many for x in t.times if window_start < x <= window_end)
     result |= {
-        "aggregate_tps": sum(t.tokens for t in many) / wall,
+        "aggregate_tps": in_window / (window_end - window_start) if window_end > window_start else 0.0,
+        "aggregate_wall_tps": sum(t.tokens for t in many) / wall,  # prefills included
         "ttft_ms_p50": statistics.median(ttfts),
         "ttft_ms_p99": _percentile(ttfts, 0.99),
     }

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Annotated
 
 import typer
 
+from ossai import settings
 from ossai.errors import BadRequest, OssaiError
 
 app = typer.Typer(
@@ -249,6 +249,68 @@ def bench(
     Console().print(table)
 
 
+@app.command()
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option(help="address to bind; loopback by default")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="require Authorization: Bearer KEY (repeatable)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="model name clients use (default: the directory name)")
+    ] = None,
+    kv_cache_mb: Annotated[float | None, typer.Option(help="KV cache size (default: 10% of RAM)")] = None,
+    max_concurrency: Annotated[
+        int, typer.Option(help="requests generated at once; more wait in a queue")
+    ] = 32,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="allowed CORS origin (repeatable, or *)")
+    ] = None,
+    max_body_mb: Annotated[float, typer.Option(help="largest request body accepted (413 beyond)")] = 16.0,
+    grace_period: Annotated[float, typer.Option(help="seconds to finish requests after SIGTERM")] = 30.0,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Serve a model over HTTP: OpenAI API under /v1, Ollama API under /api, /metrics, /health."""
+    import logging as _logging
+    from pathlib import Path
+
+    import uvicorn
+
+    from ossai import settings
+    from ossai.engine import Engine, EngineConfig
+    from ossai.server.app import create_app
+    from ossai.server.context import ServerConfig
+
+    keys = tuple(api_key or ()) + settings.api_keys()
+    if host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        typer.echo(
+            f"warning: listening on {host} without an API key: anyone who can reach it can use it", err=True
+        )
+    config = EngineConfig(
+        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
+    )
+    engine = Engine.load(model, config=config)
+    served = name or Path(model).resolve().name
+    server_config = ServerConfig(
+        model_name=served,
+        home=settings.home(),
+        api_keys=keys,
+        cors_origins=tuple(cors_origin or ()),
+        max_body_bytes=int(max_body_mb * 2**20),
+    )
+    app_ = create_app(engine, server_config)
+    _logging.getLogger("ossai").info("settings: %s", settings.as_dict())
+    typer.echo(
+        f"ossai: serving {served} on http://{host}:{port} (OpenAI API at /v1, Ollama API at /api)", err=True
+    )
+    try:
+        uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=grace_period, log_level="warning")
+    finally:
+        engine.close()
+
+
 def main() -> None:
     try:
         app()
@@ -259,7 +321,7 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: still one line, traceback on request
-        if os.environ.get("OSSAI_DEBUG"):
+        if settings.debug():
             raise
         typer.echo(
             f"error: internal error: {type(exc).__name__}: {exc} (set OSSAI_DEBUG=1 for details)", err=True

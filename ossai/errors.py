@@ -13,6 +13,10 @@ class OssaiError(Exception):
     status: int = 500
     code: str = "internal_error"
 
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param  # the request field at fault, for HTTP error bodies
+
 
 class BadRequest(OssaiError, ValueError):
     status = 400

@@ -29,7 +29,7 @@ from ossai.engine.device import default_dtype, resolve_device, set_threads
 from ossai.engine.runner import Runner
 from ossai.engine.sampling import sample
 from ossai.engine.scheduler import Scheduler
-from ossai.engine.sequence import Output, Request, Sequence
+from ossai.engine.sequence import Output, Request, Sequence, TokenLogprob
 from ossai.errors import BadRequest, Busy, ContextLengthError
 from ossai.model.transformer import Transformer
 from ossai.model.weights import Checkpoint
@@ -316,7 +316,7 @@ class Engine:
             if not item.samples:
                 continue
             seq = item.seq
-            token, logprob = sample(logits[row], seq.params, seq.generator, seq.tokens, seq.counts)
+            token, logprob = self._choose(seq, logits[row])
             row += 1
             output = seq.append(token)
             self._generated_tokens += 1
@@ -326,6 +326,10 @@ class Engine:
                 self._finish(seq, output)
             else:
                 self._streams[seq.request_id].put(output)
+
+    def _choose(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
+        """The next token of `seq` from its logits (the seam a scripted test engine replaces)."""
+        return sample(logits, seq.params, seq.generator, seq.tokens, seq.counts)
 
     def _finish(self, seq: Sequence, output: Output) -> None:
         assert self._scheduler is not None

@@ -159,6 +159,10 @@ class Runner:
     @torch.inference_mode()
     def step(self, batch: list[Scheduled]) -> torch.Tensor:
         """Run one step; returns fp32 logits [n, vocab] for the items that sample, in batch order."""
+        bs = self.block_size
+        for group, src, dst in self.blocks.take_copies():  # copy-on-write of fully cached prompts
+            for pools in (self.k_pools, self.v_pools):
+                pools[group][:, dst * bs : (dst + 1) * bs] = pools[group][:, src * bs : (src + 1) * bs]
         tokens, positions, meta = self.build(batch)
         hidden = self.model(tokens, positions, meta)
         rows = [seg.stop - 1 for seg, item in zip(meta.segments, batch, strict=True) if item.samples]

@@ -26,6 +26,9 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex}")
     parse_harmony: bool = False  # run the harmony parser over the output: `Output.events`
+    # trailing prompt tokens that already belong to the assistant's reply (a forced tool-call header):
+    # the parser reads them first, and their events come with the first output
+    harmony_prefill: int = 0
 
 
 @dataclass(slots=True)
@@ -77,6 +80,9 @@ class Sequence:
         self._text = ""  # decoded output text not yet emitted (held back while it may start a stop string)
         self._holdback = max((len(s) for s in self.params.stop), default=1) - 1
         self.parser = harmony.StreamParser() if request.parse_harmony else None
+        self._pending_events: list = []
+        if self.parser is not None and request.harmony_prefill:
+            self._pending_events = self.parser.feed_all(request.prompt[-request.harmony_prefill :])
 
     @property
     def request_id(self) -> str:
@@ -95,7 +101,9 @@ class Sequence:
         """Record a sampled token and work out what becomes visible and whether the request is done."""
         self.tokens.append(token)
         self.counts[token] = self.counts.get(token, 0) + 1
-        events = self.parser.feed(token) if self.parser is not None else []
+        events, self._pending_events = self._pending_events, []
+        if self.parser is not None:
+            events += self.parser.feed(token)
         if token in self.params.stop_token_ids:
             self.finish_reason = "stop"
             text = self._decoder.decode(b"", final=True)  # the stop token itself is not emitted

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ossai.config import SamplingParams
-from ossai.engine.block_manager import BlockManager, BlockTables
+from ossai.engine.block_manager import BlockManager, BlockTables, block_hashes
 from ossai.engine.scheduler import Scheduler
 from ossai.engine.sequence import Request, Sequence, Status
 
@@ -64,13 +64,21 @@ def test_prefix_hit_shrinks_when_the_sliding_window_was_evicted():
     assert m.match_prefix([*tokens, 1], BlockTables()) == 0
 
 
-def test_a_full_prompt_hit_still_leaves_one_token_to_compute():
+def test_a_full_prompt_hit_recomputes_only_the_last_token_in_a_copied_block():
     m = _manager()
     tables = BlockTables()
     tokens = list(range(16))
     _compute(m, tables, tokens, 16)
     m.free(tables)
-    assert m.match_prefix(tokens, BlockTables()) == 12  # tokens[:-1] has 3 full blocks of 4
+    again = BlockTables()
+    assert m.match_prefix(tokens, again) == 15
+    last = block_hashes(tokens, 4, 4)[3]
+    cached_full, cached_sliding = m.full.lookup(last), m.sliding.lookup(last)
+    copies = m.take_copies()
+    # the last block of each group is a private copy, so recomputing token 15 never writes a shared block
+    assert [(g, src) for g, src, _ in copies] == [(0, cached_full), (1, cached_sliding)]
+    assert again.full[-1] == copies[0][2] != cached_full and again.sliding[-1] == copies[1][2]
+    assert m.full.blocks[cached_full].ref_count == 0  # the source was released once handed over
 
 
 def _seq(n_prompt: int, first_token: int = 0) -> Sequence:

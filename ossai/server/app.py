@@ -1,0 +1,146 @@
+"""`create_app(engine, config)`: the FastAPI app behind `ossai serve`.
+
+Pure-ASGI middlewares, outermost first: request counting (by route and status, for /metrics), the body
+size limit (413), API-key auth (401 on every API route but /health) and CORS.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ossai import __version__
+from ossai.engine import Engine
+from ossai.server import errors, openai, responses
+from ossai.server.context import ServerConfig, ServerContext, context
+from ossai.server.metrics import Metrics
+
+PROTECTED = ("/v1", "/api", "/metrics")
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps(errors.error_body(status, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if not any(path == p or path.startswith(p + "/") for p in PROTECTED):
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.keys):
+            return await self.app(scope, receive, send)
+        await _send_error(send, 401, "missing or invalid API key (send Authorization: Bearer KEY)")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _send_error(send, 413, f"request body larger than {self.limit} bytes")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, 413, f"request body larger than {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class CountingMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+
+
+def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+    app = FastAPI(
+        title="ossai", version=__version__, description="OpenAI- and Ollama-compatible gpt-oss server"
+    )
+    metrics = Metrics(engine)
+    metrics.info.labels(config.model_name).set(1)
+    app.state.ctx = ServerContext(engine, config, metrics)
+    errors.install(app)
+    app.include_router(openai.router)
+    app.include_router(responses.router)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        ctx = context(request)
+        return {"status": "ok", "model": ctx.model_name, "version": __version__}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(AuthMiddleware, keys=config.api_keys)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(CountingMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,192 @@
+"""The one generation path behind every chat-style endpoint (OpenAI chat and responses, Ollama chat).
+
+Each API translates its request into a `ChatRequest` at the edge; this module renders it in harmony,
+runs it on the engine with the harmony parser, and yields API-neutral events: reasoning text, visible
+text, tool calls (with stable ids, arguments streamed as they arrive) and one final `Done`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ossai import harmony
+from ossai.config import SamplingParams
+from ossai.engine import Engine, Request, RequestStream, TokenLogprob
+from ossai.errors import BadRequest, ContextLengthError
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[dict[str, Any]]  # OpenAI chat messages (system/developer/user/assistant/tool)
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields but max_tokens
+    max_tokens: int | None = None  # None: up to the end of the context
+    effort: str = "medium"
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools
+    tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {"type":"function",...}
+    builtin_tools: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    recipient: str
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ReasoningText:
+    text: str
+
+
+@dataclass(slots=True)
+class ContentText:
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class ToolCallBegin:
+    index: int
+    call: ToolCall
+
+
+@dataclass(slots=True)
+class ToolCallArguments:
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class Done:
+    finish_reason: str  # stop | length | tool_calls
+    usage: Usage
+    reasoning: str
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+Event = ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | Done
+
+
+def function_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    names = []
+    for tool in tools or []:
+        spec = tool.get("function", tool) if isinstance(tool, dict) else {}
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            names.append(spec["name"])
+    return names
+
+
+def render(req: ChatRequest) -> tuple[list[int], list[int]]:
+    """(prompt tokens, prefill tokens): the prefill forces a tool call for tool_choice required/named."""
+    choice = req.tool_choice
+    tools = req.tools if choice != "none" else None
+    prefill = ""
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        if name not in function_names(req.tools):
+            raise BadRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
+        prefill = f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
+    elif choice == "required":
+        if not function_names(req.tools):
+            raise BadRequest("tool_choice 'required' needs at least one function tool", param="tool_choice")
+        prefill = "<|channel|>commentary to=functions."
+    elif choice not in (None, "auto", "none"):
+        raise BadRequest(f"tool_choice must be none, auto, required or a function, got {choice!r}")
+    try:
+        prompt = harmony.render_chat(
+            req.messages, effort=req.effort, tools=tools, builtin_tools=req.builtin_tools
+        )
+    except ValueError as exc:  # harmony's input errors name the message and field
+        raise BadRequest(str(exc), param="messages") from exc
+    prefill_ids = harmony.load_encoding().encode(prefill, allowed_special="all") if prefill else []
+    return prompt + prefill_ids, prefill_ids
+
+
+def _tool_name(recipient: str) -> str:
+    return recipient.removeprefix("functions.")
+
+
+def start_chat(
+    engine: Engine, req: ChatRequest, timer: TokenObserver | None = None, request_id: str | None = None
+) -> AsyncIterator[Event]:
+    """Validate, render and submit now (so bad input raises before a response starts); the returned
+    iterator yields the turn's events and ends with exactly one `Done`."""
+    prompt, prefill = render(req)
+    max_tokens = req.max_tokens if req.max_tokens is not None else engine.max_model_len - len(prompt)
+    if max_tokens < 1:
+        raise ContextLengthError(
+            f"the prompt ({len(prompt)} tokens) fills the context of {engine.max_model_len} tokens",
+            param="messages",
+        )
+    params = SamplingParams(max_tokens=max_tokens, **req.sampling)
+    params.stop_token_ids = frozenset(params.stop_token_ids | set(harmony.STOP_TOKENS))
+    request = Request(prompt, params, parse_harmony=True, harmony_prefill=len(prefill))
+    if request_id:
+        request.request_id = request_id
+    return _events(engine.submit(request), len(prompt), timer)
+
+
+class TokenObserver(Protocol):
+    def token(self) -> None: ...
+    def done(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+async def _events(
+    stream: RequestStream, prompt_tokens: int, timer: TokenObserver | None
+) -> AsyncIterator[Event]:
+    reasoning: list[str] = []
+    content: list[str] = []
+    calls: list[ToolCall] = []
+    logprobs: list[TokenLogprob] = []
+    finish = "stop"
+    stop_token = None
+    usage = Usage(prompt_tokens)
+    async for output in stream:
+        if timer is not None and output.token_ids:
+            timer.token()
+        token_logprobs = output.logprobs
+        if token_logprobs:
+            logprobs += token_logprobs
+        for event in output.events:
+            match event:
+                case harmony.ReasoningDelta(text=text):
+                    reasoning.append(text)
+                    yield ReasoningText(text)
+                case harmony.ContentDelta(text=text) | harmony.PreambleDelta(text=text):
+                    content.append(text)
+                    yield ContentText(text, token_logprobs)
+                    token_logprobs = None  # a token's logprobs go with its first text
+                case harmony.ToolCallStart(recipient=recipient):
+                    calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", _tool_name(recipient), recipient))
+                    yield ToolCallBegin(len(calls) - 1, calls[-1])
+                case harmony.ToolCallDelta(text=text) if calls:
+                    calls[-1].arguments += text
+                    yield ToolCallArguments(len(calls) - 1, text)
+        usage = Usage(output.prompt_tokens, output.completion_tokens, output.cached_tokens)
+        if output.finished:
+            if output.finish_reason == "error":
+                raise RuntimeError(output.text or "engine error")
+            finish = "length" if output.finish_reason == "length" else "stop"
+            stop_token = output.token_ids[-1] if output.token_ids else None
+    if calls and stop_token == harmony.CALL:
+        finish = "tool_calls"
+    if timer is not None:
+        timer.done(usage.prompt_tokens, usage.completion_tokens)
+    yield Done(finish, usage, "".join(reasoning), "".join(content), calls, logprobs)

@@ -1,0 +1,88 @@
+"""A real `ossai serve` app on a loopback port (uvicorn in a thread) over a random tiny checkpoint.
+
+`served` is a module-wide server on a ScriptedEngine: tests queue harmony completions with
+`served.engine.script(...)` when they need structure (reasoning, tool calls) that random weights never
+produce; without a script the model samples as usual.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ossai.config import EngineConfig
+from ossai.server.app import create_app
+from ossai.server.context import ServerConfig
+from ossai.testing.scripted import ScriptedEngine
+
+MODEL = "tiny-gpt-oss"
+
+
+@dataclass
+class Served:
+    url: str
+    engine: ScriptedEngine
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (s := self.engine.stats()).running or s.waiting:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"engine still busy: {s}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.engine.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    checkpoint: Path, home: Path, engine: ScriptedEngine | None = None, **server_options
+) -> Served:
+    engine = engine or ScriptedEngine.load(checkpoint, config=EngineConfig(kv_cache_mb=64, max_num_seqs=8))
+    config = ServerConfig(model_name=MODEL, home=home, **server_options)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    return Served(url, engine, server, thread)
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory) -> Iterator[Served]:
+    handle = start_server(tiny, tmp_path_factory.mktemp("home"))
+    yield handle
+    handle.stop()
