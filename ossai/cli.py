@@ -274,6 +274,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: OpenAI API under /v1, Ollama API under /api, /metrics, /health."""
     import logging as _logging
+    import signal
     from pathlib import Path
 
     import uvicorn
@@ -305,8 +306,18 @@ def serve(
     typer.echo(
         f"ossai: serving {served} on http://{host}:{port} (OpenAI API at /v1, Ollama API at /api)", err=True
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a drained SIGTERM is a clean stop: exit 0, not "killed by signal"
+                self._captured_signals.remove(sig)
+
+    config_ = uvicorn.Config(
+        app_, host=host, port=port, timeout_graceful_shutdown=grace_period, log_level="warning"
+    )
     try:
-        uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=grace_period, log_level="warning")
+        Server(config_).run()
     finally:
         engine.close()
 

@@ -82,7 +82,8 @@ class Sequence:
         self.parser = harmony.StreamParser() if request.parse_harmony else None
         self._pending_events: list = []
         if self.parser is not None and request.harmony_prefill:
-            self._pending_events = self.parser.feed_all(request.prompt[-request.harmony_prefill :])
+            for token in request.prompt[-request.harmony_prefill :]:
+                self._pending_events += self.parser.feed(token)
 
     @property
     def request_id(self) -> str:

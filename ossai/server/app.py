@@ -16,15 +16,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ossai import __version__
 from ossai.engine import Engine
-from ossai.server import errors, openai, responses
+from ossai.server import errors, ollama, openai, responses
 from ossai.server.context import ServerConfig, ServerContext, context
 from ossai.server.metrics import Metrics
 
 PROTECTED = ("/v1", "/api", "/metrics")
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps(errors.error_body(status, message)).encode()
+async def _send_error(scope: Scope, send: Send, status: int, message: str) -> None:
+    body = json.dumps(
+        {"error": message} if errors.is_ollama(scope["path"]) else errors.error_body(status, message)
+    )
+    body = body.encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
@@ -47,7 +50,7 @@ class AuthMiddleware:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.keys):
             return await self.app(scope, receive, send)
-        await _send_error(send, 401, "missing or invalid API key (send Authorization: Bearer KEY)")
+        await _send_error(scope, send, 401, "missing or invalid API key (send Authorization: Bearer KEY)")
 
 
 class BodyLimitMiddleware:
@@ -60,33 +63,31 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, 413, f"request body larger than {self.limit} bytes")
+            return await _send_error(scope, send, 413, f"request body larger than {self.limit} bytes")
         received = 0
+        rejected = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
+            if received > self.limit:  # a body without (or lying about) content-length
+                rejected = True
+                await _send_error(scope, send, 413, f"request body larger than {self.limit} bytes")
+                return {"type": "http.disconnect"}
             return message
 
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded(message: Message) -> None:
+            if not rejected:  # once the 413 is out, whatever the app answers is dropped
+                await send(message)
 
         try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, 413, f"request body larger than {self.limit} bytes")
-
-
-class _TooLarge(Exception):
-    pass
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not rejected:
+                raise
 
 
 class CountingMiddleware:
@@ -123,6 +124,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(responses.router)
+    app.include_router(ollama.router)
 
     @app.get("/health")
     async def health(request: Request) -> dict:

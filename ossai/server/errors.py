@@ -1,7 +1,8 @@
-"""The one place where exceptions become HTTP responses: OpenAI-style JSON bodies with a 4xx status.
+"""The one place where exceptions become HTTP responses, with a 4xx status.
 
-`{"error": {"message", "type", "param", "code"}}` for every API (the Ollama client reads `error` too).
-Nothing a client sends may produce a 5xx or a traceback; a 500 here means a bug, and still comes as JSON.
+OpenAI routes (and everything else) get `{"error": {"message", "type", "param", "code"}}`; Ollama routes
+(/api/*) get Ollama's own `{"error": "message"}`, which its clients show as is. Nothing a client sends
+may produce a 5xx or a traceback; a 500 here means a bug, and still comes as JSON.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     }
 
 
+def is_ollama(path: str) -> bool:
+    return path.startswith("/api/")
+
+
 def error_response(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int, message: str, param: str | None = None, code: str | None = None, path: str = ""
 ) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+    body = {"error": message} if is_ollama(path) else error_body(status, message, param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _location(loc: tuple) -> str | None:
@@ -47,24 +53,26 @@ def _location(loc: tuple) -> str | None:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(OssaiError)
-    async def ossai_error(_: Request, exc: OssaiError) -> JSONResponse:
-        return error_response(exc.status, str(exc), getattr(exc, "param", None), exc.code)
+    async def ossai_error(request: Request, exc: OssaiError) -> JSONResponse:
+        return error_response(exc.status, str(exc), exc.param, exc.code, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = _location(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            return error_response(400, "the request body is not valid JSON", None, "invalid_json")
+            return error_response(
+                400, "the request body is not valid JSON", None, "invalid_json", request.url.path
+            )
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-        return error_response(400, message, param, "invalid_value")
+        return error_response(400, message, param, "invalid_value", request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), path=request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, still JSON
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        return error_response(500, f"internal error: {type(exc).__name__}", path=request.url.path)

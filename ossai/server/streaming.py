@@ -25,6 +25,13 @@ T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 
 
+class ClientDisconnected(OssaiError):
+    """Nobody is listening any more; answered (to no one) with nginx's 499 so /metrics counts it."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -83,7 +90,7 @@ async def until_disconnect(request: Request, work: Awaitable[T], engine: Engine,
             if await request.is_disconnected():
                 engine.abort(request_id)
                 task.cancel()
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientDisconnected("the client closed the connection")
     finally:
         if not task.done():
             task.cancel()
