@@ -17,8 +17,9 @@ $(VENV)/.torch:
 	$(PIP) install torch==2.13.0
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml ossai/kernels/cpu/mxfp4.cpp
 	$(PIP) install -e .
+	$(PY) -c "from ossai.kernels import cpu; cpu.load(required=True)"  # compile the CPU kernels now
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml

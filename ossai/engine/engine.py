@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ossai import kernels
 from ossai.config import EngineConfig, ModelConfig, SamplingParams
 from ossai.engine.device import default_dtype, resolve_device, set_threads
 from ossai.engine.runner import Runner
@@ -158,6 +159,7 @@ class Engine:
         model = Transformer(checkpoint.config, checkpoint.get, dtype or default_dtype(dev))
         if dev.type != "cpu":
             model.to(dev)
+        kernels.accelerate(model, dev)
         log.info(
             "loaded %s (%s layout) on %s, %d threads", checkpoint.root, checkpoint.layout, dev, n_threads
         )

@@ -72,8 +72,20 @@ class AttentionBlock(nn.Module):
         return x + linear(a, self.out_weight, self.out_bias)  # a: [T, K*G*D]
 
 
+def mxfp4_linear(
+    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x [n, K] @ W^T + b for MXFP4 W (blocks [O, K/32, 16], scales [O, K/32]): the reference, which
+    dequantizes W to x's dtype. The CPU kernel fuses the two and never materialises W."""
+    return linear(x, mxfp4.dequantize(blocks, scales, x.dtype), bias)
+
+
 class MLPBlock(nn.Module):
     """Router (top-A, softmax over the selected logits) and MXFP4 experts with the clamped SwiGLU."""
+
+    # tokens per expert up to which `mxfp4_linear` is used: a fused kernel reads packed weights once, but
+    # beyond a few rows a dequantized matrix fed to a GEMM is faster (prefill)
+    fused_rows = 16
 
     def __init__(self, config: ModelConfig, layer: int, get: WeightGetter):
         super().__init__()
@@ -83,6 +95,7 @@ class MLPBlock(nn.Module):
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
         self.top_k = config.experts_per_token
         self.limit = config.swiglu_limit
+        self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
 
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (expert ids [T, A], weights [T, A] fp32)"""
@@ -92,7 +105,7 @@ class MLPBlock(nn.Module):
 
     def experts(self, t: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Sum over each token's experts of weight * expert(t). Tokens are grouped by expert so each
-        selected expert is dequantized (and its weights read) once per call."""
+        selected expert's weights are read once per call, for all its tokens."""
         out = torch.zeros(t.shape, dtype=torch.float32, device=t.device)  # [T, H]
         flat = idx.flatten()  # [T*A]
         order = torch.argsort(flat, stable=True)
@@ -104,11 +117,11 @@ class MLPBlock(nn.Module):
             slots = order[start : start + count]
             start += count
             tokens = slots // self.top_k
-            w1 = mxfp4.dequantize(self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], t.dtype)
-            h = linear(t[tokens], w1, self.mlp1_bias[expert])  # [n, 2I]
-            h = swiglu(h, self.limit)  # [n, I]
-            w2 = mxfp4.dequantize(self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], t.dtype)
-            y = linear(h, w2, self.mlp2_bias[expert])  # [n, H]
+            matmul = self.mxfp4_linear if count <= self.fused_rows else mxfp4_linear
+            w1 = (self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], self.mlp1_bias[expert])
+            w2 = (self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], self.mlp2_bias[expert])
+            h = swiglu(matmul(t[tokens], *w1), self.limit)  # [n, 2I] -> [n, I]
+            y = matmul(h, *w2)  # [n, H]
             out.index_add_(0, tokens, y.float() * weights.flatten()[slots, None])
         return out.to(t.dtype)
 

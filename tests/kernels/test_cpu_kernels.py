@@ -1,0 +1,61 @@
+"""The CPU extension against its plain-torch references (ossai.model), and the swap into the engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ossai.engine import Engine, SamplingParams
+from ossai.kernels import cpu
+from ossai.model import transformer
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return cpu.load(required=True)  # make test installs a compiler and ninja: building must work
+
+
+@pytest.mark.parametrize(
+    ("rows", "out_features", "in_features"), [(1, 64, 64), (7, 96, 128), (16, 5760, 2880), (3, 33, 32)]
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mxfp4_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):
+    g = torch.Generator().manual_seed(rows * out_features)
+    blocks = torch.randint(0, 256, (out_features, in_features // 32, 16), dtype=torch.uint8, generator=g)
+    scales = torch.randint(110, 135, (out_features, in_features // 32), dtype=torch.uint8, generator=g)
+    bias = torch.randn(out_features, generator=g).bfloat16() if with_bias else None
+    x = torch.randn(rows, in_features, generator=g)
+    ref = transformer.mxfp4_linear(x, blocks, scales, bias)
+    got = kernels.mxfp4_linear(x, blocks, scales, bias)
+    assert got.shape == ref.shape
+    # same products, fp32 sums in another order
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
+    blocks = torch.randint(0, 256, (8, 2, 16), dtype=torch.uint8)
+    scales = torch.full((8, 2), 127, dtype=torch.uint8)
+    x = torch.randn(64, 5)[:, ::1].t().contiguous()[:, :64]  # [5, 64]
+    x = torch.cat([x, x], dim=1)[:, ::2]  # non-contiguous view [5, 64]
+    assert torch.allclose(
+        kernels.mxfp4_linear(x, blocks, scales, None),
+        transformer.mxfp4_linear(x, blocks, scales, None),
+        atol=1e-5,
+    )
+    with pytest.raises(RuntimeError, match="columns"):
+        kernels.mxfp4_linear(torch.randn(2, 32), blocks, scales, None)
+    with pytest.raises(RuntimeError, match="float32"):
+        kernels.mxfp4_linear(torch.randn(2, 64).bfloat16(), blocks, scales, None)
+
+
+def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, kernels):
+    engine = Engine.load(tiny)
+    assert all(m.mxfp4_linear is kernels.mxfp4_linear for m in engine.model.mlp)
+    prompt = list(range(1000, 1100))
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    fast = list(engine.generate(prompt, params))
+    for m in engine.model.mlp:
+        m.mxfp4_linear = transformer.mxfp4_linear  # back to the reference
+    reference = list(engine.generate(prompt, params))
+    engine.close()
+    assert fast == reference
