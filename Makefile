@@ -1,5 +1,5 @@
 # ossai: two commands on a fresh machine.
-#   make run    create .venv, install everything, start ossai on a model that needs no download
+#   make run    create .venv, install everything, start ossai serve on a model that needs no download
 #   make test   install what the tests need and run them (lint included)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -33,8 +33,9 @@ $(DEMO)/original/config.json: | $(VENV)/.installed
 	$(PY) -m ossai.testing.checkpoint --preset tiny --seed 0 --out $(DEMO)
 
 run: $(VENV)/.installed $(DEMO)/original/config.json
-	@echo "ossai: no server yet; generating from a random-weight tiny gpt-oss checkpoint ($(DEMO))"
-	$(VENV)/bin/ossai generate $(DEMO) --raw --tokens 200006,1428,200008 --max-tokens 32 --temperature 0 --json
+	@echo "ossai: serving a random-weight tiny gpt-oss ($(DEMO)) on http://127.0.0.1:8000 -- its replies are"
+	@echo "       noise by construction; point ossai serve at real gpt-oss weights for real use"
+	$(VENV)/bin/ossai serve $(DEMO) --name ossai-random-tiny --port 8000
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -269,6 +269,7 @@ class SamplingParams:
             (self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
             (0 <= self.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
             (len(self.stop) <= 16, "stop", "allows at most 16 strings"),
+            (self.seed is None or -(2**63) <= self.seed < 2**64, "seed", "must fit in 64 bits"),
         ]
         for ok, name, rule in checks:
             if not ok:

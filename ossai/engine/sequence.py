@@ -115,17 +115,40 @@ class Sequence:
         return self._emit(text, [token], events)
 
     def _emit(self, text: str, token_ids: list[int], events: list) -> Output:
+        if self.parser is None:
+            text = self._stop_strings(text)
+        else:  # chat: stop strings apply to the visible answer, not to reasoning or message headers
+            events = self._stop_strings_in_events(events)
+        if self.finish_reason and self.parser is not None:
+            events = events + self.parser.finish()
+        return self.output(text, token_ids, events)
+
+    def _stop_strings(self, text: str) -> str:
+        """Append `text`, cut at a stop string, and return what can be shown: the tail that might still
+        become a stop string is held back until it cannot."""
         self._text += text
         hits = [i for i in (self._text.find(s) for s in self.params.stop) if i >= 0]
         if hits:
             self.finish_reason = "stop"
             self._text = self._text[: min(hits)]
-        keep = 0 if self.finish_reason else self._holdback
-        cut = len(self._text) - keep
+        cut = len(self._text) - (0 if self.finish_reason else self._holdback)
         visible, self._text = self._text[:cut], self._text[cut:]
-        if self.finish_reason and self.parser is not None:
-            events = events + self.parser.finish()
-        return self.output(visible, token_ids, events)
+        return visible
+
+    def _stop_strings_in_events(self, events: list) -> list:
+        if not self.params.stop:
+            return events
+        out, answer = [], ""
+        for event in events:
+            if isinstance(event, (harmony.ContentDelta, harmony.PreambleDelta)):
+                answer += event.text
+            elif not self.finish_reason:
+                out.append(event)
+        if answer or self.finish_reason:
+            visible = self._stop_strings(answer)
+            if visible:
+                out.append(harmony.ContentDelta(visible))
+        return out
 
     def output(
         self, text: str = "", token_ids: list[int] | None = None, events: list | None = None

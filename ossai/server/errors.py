@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+          413: "invalid_request_error", 429: "rate_limit_error", 499: "client_closed_request",
+          503: "service_unavailable"}  # fmt: skip
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:

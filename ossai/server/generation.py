@@ -108,7 +108,9 @@ def render(req: ChatRequest) -> tuple[list[int], list[int]]:
             raise BadRequest("tool_choice 'required' needs at least one function tool", param="tool_choice")
         prefill = "<|channel|>commentary to=functions."
     elif choice not in (None, "auto", "none"):
-        raise BadRequest(f"tool_choice must be none, auto, required or a function, got {choice!r}")
+        raise BadRequest(
+            f"tool_choice must be none, auto, required or a function, got {choice!r}", "tool_choice"
+        )
     try:
         prompt = harmony.render_chat(
             req.messages, effort=req.effort, tools=tools, builtin_tools=req.builtin_tools
@@ -133,7 +135,7 @@ def start_chat(
     if max_tokens < 1:
         raise ContextLengthError(
             f"the prompt ({len(prompt)} tokens) fills the context of {engine.max_model_len} tokens",
-            param="messages",
+            param="messages",  # the caller's name for the input may differ (input, prompt)
         )
     params = SamplingParams(max_tokens=max_tokens, **req.sampling)
     params.stop_token_ids = frozenset(params.stop_token_ids | set(harmony.STOP_TOKENS))
@@ -161,9 +163,7 @@ async def _events(
     async for output in stream:
         if timer is not None and output.token_ids:
             timer.token()
-        token_logprobs = output.logprobs
-        if token_logprobs:
-            logprobs += token_logprobs
+        token_logprobs = output.logprobs  # reported for the answer's tokens only
         for event in output.events:
             match event:
                 case harmony.ReasoningDelta(text=text):
@@ -171,6 +171,7 @@ async def _events(
                     yield ReasoningText(text)
                 case harmony.ContentDelta(text=text) | harmony.PreambleDelta(text=text):
                     content.append(text)
+                    logprobs += token_logprobs or []
                     yield ContentText(text, token_logprobs)
                     token_logprobs = None  # a token's logprobs go with its first text
                 case harmony.ToolCallStart(recipient=recipient):

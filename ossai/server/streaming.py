@@ -55,12 +55,18 @@ async def sse(chunks: AsyncIterator[dict], done_marker: bool = True) -> AsyncIte
 
 
 async def sse_events(events: AsyncIterator[tuple[str, dict]]) -> AsyncIterator[str]:
-    """Named SSE events (`event: type` + `data: json`), as the Responses API streams them."""
+    """Named SSE events (`event: type` + `data: json`), as the Responses API streams them; an error
+    mid-stream becomes the API's `error` event."""
+    sequence = 0
     try:
         async for name, data in events:
+            sequence = data.get("sequence_number", sequence) + 1
             yield f"event: {name}\ndata: {dumps(data)}\n\n"
     except Exception as exc:
-        yield f"event: error\ndata: {dumps(_error(exc))}\n\n"
+        error = _error(exc)["error"]
+        data = {"type": "error", "code": error["code"], "message": error["message"], "param": error["param"],
+                "sequence_number": sequence}  # fmt: skip
+        yield f"event: error\ndata: {dumps(data)}\n\n"
 
 
 async def ndjson(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:

@@ -176,3 +176,18 @@ def test_chat_logprobs(client):
     content = r.choices[0].logprobs.content
     assert content is not None and all(len(e.top_logprobs) == 3 for e in content)
     assert all(e.logprob <= 0 for e in content)
+
+
+def test_stop_strings_apply_to_the_answer_only(client, served):
+    served.engine.script(REASONED)  # the reasoning contains "4" too; the answer is "2 + 2 = **4**."
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "2+2?"}], stop=["**4"]
+    )
+    assert r.choices[0].message.content == "2 + 2 = "
+    assert r.choices[0].message.model_extra["reasoning_content"] == "The user asks 2+2. That is 4."
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_huge_seed_is_a_400(client):
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], seed=2**70)
