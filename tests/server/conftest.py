@@ -25,6 +25,26 @@ from ossai.testing.scripted import ScriptedEngine
 
 MODEL = "tiny-gpt-oss"
 
+# Scripted completions and a tool shared by the API tests (random weights never produce these).
+REASONING = "The user asks 2+2. That is 4."
+ANSWER = "2 + 2 = **4**."
+REASONED = (
+    f"<|channel|>analysis<|message|>{REASONING}<|end|>"
+    f"<|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>"
+)
+CALL_REASONING = "Need the weather; call the tool."
+TOOL_CALL = (
+    f"<|channel|>analysis<|message|>{CALL_REASONING}<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    '<|message|>{"city":"Paris"}<|call|>'
+)
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+CHAT_TOOLS = [{"type": "function", "function": WEATHER}]  # chat completions' (and Ollama's) form
+
 
 @dataclass
 class Served:

@@ -15,33 +15,9 @@ import pytest
 
 from ossai import __version__, harmony
 from ossai.engine import Request as EngineRequest
-from tests.server.conftest import MODEL
+from tests.server.conftest import ANSWER, CHAT_TOOLS, MODEL, REASONED, REASONING, TOOL_CALL
 
-REASONING = "The user asks 2+2. That is 4."
-ANSWER = "2 + 2 = **4**."
-REASONED = (
-    f"<|channel|>analysis<|message|>{REASONING}<|end|>"
-    f"<|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>"
-)
-TOOL_CALL = (
-    "<|channel|>analysis<|message|>Need the weather; call the tool.<|end|>"
-    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
-    '<|message|>{"city":"Paris"}<|call|>'
-)
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = CHAT_TOOLS
 ASK = [{"role": "user", "content": "What is 2+2?"}]
 WEATHER_PARIS = {"name": "get_weather", "arguments": '{"city":"Paris"}'}
 PNG = [b"\x89PNG"]

@@ -7,31 +7,9 @@ import json
 import openai
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.server.conftest import CHAT_TOOLS, MODEL, REASONED, TOOL_CALL
 
-REASONED = (
-    "<|channel|>analysis<|message|>The user asks 2+2. That is 4.<|end|>"
-    "<|start|>assistant<|channel|>final<|message|>2 + 2 = **4**.<|return|>"
-)
-TOOL_CALL = (
-    "<|channel|>analysis<|message|>Need the weather; call the tool.<|end|>"
-    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
-    '<|message|>{"city":"Paris"}<|call|>'
-)
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = CHAT_TOOLS
 
 
 @pytest.fixture

@@ -15,27 +15,19 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from ossai import harmony
-from tests.server.conftest import MODEL, start_server
+from tests.server.conftest import (
+    ANSWER,
+    CALL_REASONING,
+    CHAT_TOOLS,
+    MODEL,
+    REASONED,
+    REASONING,
+    TOOL_CALL,
+    WEATHER,
+    start_server,
+)
 
-REASONING = "The user asks 2+2. That is 4."
-ANSWER = "2 + 2 = **4**."
-REASONED = (
-    f"<|channel|>analysis<|message|>{REASONING}<|end|>"
-    f"<|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>"
-)
-CALL_REASONING = "Need the weather; call the tool."
-TOOL_CALL = (
-    f"<|channel|>analysis<|message|>{CALL_REASONING}<|end|>"
-    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
-    '<|message|>{"city":"Paris"}<|call|>'
-)
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 TOOLS = [{"type": "function", **WEATHER}]  # the flat Responses form
-CHAT_TOOLS = [{"type": "function", "function": WEATHER}]  # the same tool as chat completions takes it
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
 
 
