@@ -217,3 +217,23 @@ def test_schemathesis_finds_no_5xx(tiny, tmp_path):
         assert any(status == 200 for _, status in calls) and any(status == 400 for _, status in calls)
     finally:
         handle.stop()
+
+
+def test_cors_preflight_and_headers(tiny, tmp_path):
+    handle = start_server(tiny, tmp_path, cors_origins=("http://app.example",), api_keys=("k",))
+    try:
+        headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+        pre = httpx.options(handle.url + CHAT, headers=headers)  # preflights carry no key
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "http://app.example"
+        ok = httpx.get(
+            handle.url + "/v1/models", headers={"Origin": "http://app.example", "Authorization": "Bearer k"}
+        )
+        assert ok.headers["access-control-allow-origin"] == "http://app.example"
+        other = httpx.get(
+            handle.url + "/v1/models", headers={"Origin": "http://evil.example", "Authorization": "Bearer k"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        handle.stop()
