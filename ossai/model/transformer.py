@@ -51,6 +51,7 @@ class AttentionBlock(nn.Module):
         for name in ("norm.scale", "q.weight", "q.bias", "k.weight", "k.bias", "v.weight", "v.bias",
                      "sinks", "out.weight", "out.bias"):  # fmt: skip
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
+        self.dense = linear  # bf16-weight products; kernels.accelerate() swaps in a fast op
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -61,15 +62,15 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         t = rms_norm(x, self.norm_scale)
         n = x.shape[0]
-        q = linear(t, self.q_weight, self.q_bias).view(n, self.heads, self.head_dim)  # [T, K*G, D]
-        k = linear(t, self.k_weight, self.k_bias).view(n, self.kv_heads, self.head_dim)  # [T, K, D]
-        v = linear(t, self.v_weight, self.v_bias).view(n, self.kv_heads, self.head_dim)
+        q = self.dense(t, self.q_weight, self.q_bias).view(n, self.heads, self.head_dim)  # [T, K*G, D]
+        k = self.dense(t, self.k_weight, self.k_bias).view(n, self.kv_heads, self.head_dim)  # [T, K, D]
+        v = self.dense(t, self.v_weight, self.v_bias).view(n, self.kv_heads, self.head_dim)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is None:  # one sequence, attending to itself
             a = attention(q, k, v, self.sinks, positions, positions, self.window, self.sm_scale)
         else:
             a = cache.attend(self.layer, q, k, v, positions, self.window, self.sinks, self.sm_scale)
-        return x + linear(a, self.out_weight, self.out_bias)  # a: [T, K*G*D]
+        return x + self.dense(a, self.out_weight, self.out_bias)  # a: [T, K*G*D]
 
 
 def mxfp4_linear(
@@ -96,10 +97,11 @@ class MLPBlock(nn.Module):
         self.top_k = config.experts_per_token
         self.limit = config.swiglu_limit
         self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
+        self.dense = linear
 
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (expert ids [T, A], weights [T, A] fp32)"""
-        logits = linear(t, self.gate_weight, self.gate_bias)  # [T, E]
+        logits = self.dense(t, self.gate_weight, self.gate_bias)  # [T, E]
         top, idx = torch.topk(logits, self.top_k, dim=-1, sorted=True)
         return idx, torch.softmax(top.float(), dim=-1)
 
@@ -139,6 +141,7 @@ class Transformer(nn.Module):
         self.register_buffer("embedding", get("embedding.weight"), persistent=False)
         self.register_buffer("norm_scale", get("norm.scale"), persistent=False)
         self.register_buffer("unembedding", get("unembedding.weight"), persistent=False)
+        self.dense = linear
         self.rotary = Rotary(config)
         self.attn = nn.ModuleList(
             AttentionBlock(config, n, get, self.rotary) for n in range(config.num_hidden_layers)
@@ -178,5 +181,5 @@ class Transformer(nn.Module):
         out = torch.empty(t.shape[0], self.config.vocab_size, dtype=torch.float32, device=t.device)
         for start in range(0, self.config.vocab_size, UNEMBED_CHUNK):
             rows = self.unembedding[start : start + UNEMBED_CHUNK]
-            out[:, start : start + rows.shape[0]] = linear(t, rows).float()
+            out[:, start : start + rows.shape[0]] = self.dense(t, rows).float()
         return out

@@ -7,7 +7,7 @@ import torch
 
 from ossai.engine import Engine, SamplingParams
 from ossai.kernels import cpu
-from ossai.model import transformer
+from ossai.model import layers, transformer
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,32 @@ def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
 def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, kernels):
     engine = Engine.load(tiny)
     assert all(m.mxfp4_linear is kernels.mxfp4_linear for m in engine.model.mlp)
+    assert engine.model.dense is not layers.linear and all(
+        a.dense is engine.model.dense for a in engine.model.attn
+    )
     prompt = list(range(1000, 1100))
     params = SamplingParams(max_tokens=64, temperature=0.0)
     fast = list(engine.generate(prompt, params))
     for m in engine.model.mlp:
-        m.mxfp4_linear = transformer.mxfp4_linear  # back to the reference
+        m.mxfp4_linear, m.dense = transformer.mxfp4_linear, layers.linear  # back to the reference
+    for module in [*engine.model.attn, engine.model]:
+        module.dense = layers.linear
     reference = list(engine.generate(prompt, params))
     engine.close()
     assert fast == reference
+
+
+@pytest.mark.parametrize(
+    ("rows", "out_features", "in_features"), [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880)]
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):
+    g = torch.Generator().manual_seed(rows + out_features)
+    weight = torch.randn(out_features, in_features, generator=g).bfloat16()
+    bias = torch.randn(out_features, generator=g).bfloat16() if with_bias else None
+    x = torch.randn(rows, in_features, generator=g)
+    ref = layers.linear(x, weight, bias)
+    got = kernels.bf16_linear(x, weight, bias)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernels.bf16_linear(x, weight.t(), None)

@@ -1,4 +1,6 @@
-// Fused MXFP4 matrix product for CPU: y = x @ dequant(W)^T + b, reading W in its packed form.
+// CPU kernels for decode-sized products (a few rows of activations against large weights).
+//
+// Fused MXFP4 matrix product: y = x @ dequant(W)^T + b, reading W in its packed form.
 //
 // W is [O, G, 16] bytes of E2M1 nibbles (low nibble = even element) with one E8M0 scale per 32 values.
 // Each block is unpacked to 32 floats in registers/L1 once and used for every row of x, so the packed
@@ -8,8 +10,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -27,6 +31,39 @@ struct PairTable {  // byte -> (value of low nibble, value of high nibble)
   }
 };
 const PairTable kPairs;
+
+// acc[t] += scale * dot(w[0:len], x[t, 0:len]) for the n rows of x (row stride ld). Four rows at a time,
+// so every weight loaded from L1 feeds four multiply-adds.
+inline void accumulate_rows(const float* w, const float* x, int64_t ld, int64_t n, int64_t len, float scale,
+                            float* acc) {
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const float* x0 = x + t * ld;
+    const float* x1 = x0 + ld;
+    const float* x2 = x1 + ld;
+    const float* x3 = x2 + ld;
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int64_t k = 0; k < len; ++k) {
+      const float wk = w[k];
+      d0 += wk * x0[k];
+      d1 += wk * x1[k];
+      d2 += wk * x2[k];
+      d3 += wk * x3[k];
+    }
+    acc[t] += d0 * scale;
+    acc[t + 1] += d1 * scale;
+    acc[t + 2] += d2 * scale;
+    acc[t + 3] += d3 * scale;
+  }
+  for (; t < n; ++t) {
+    const float* xr = x + t * ld;
+    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+    for (int64_t k = 0; k < len; ++k) d += w[k] * xr[k];
+    acc[t] += d * scale;
+  }
+}
 
 }  // namespace
 
@@ -69,13 +106,51 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
           w[2 * j + 1] = kPairs.v[block[j]][1];
         }
         const float scale = std::ldexp(1.0f, static_cast<int>(row_scales[g]) - 127);
-        for (int64_t t = 0; t < n; ++t) {
-          const float* xr = X + t * K + g * 32;
-          float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-          for (int k = 0; k < 32; ++k) dot += w[k] * xr[k];
-          acc[t] += dot * scale;
+        accumulate_rows(w, X + g * 32, K, n, 32, scale, acc.data());
+      }
+      for (int64_t t = 0; t < n; ++t) Y[t * O + o] = acc[t] + (bias_ptr ? bias_ptr[o] : 0.0f);
+    }
+  });
+  return out;
+}
+
+// y = x @ W^T + b for bf16 W and fp32 x, converting W in registers (decode: the attention projections,
+// the router and the unembedding, read once per step instead of upcast to a float copy first).
+torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [n, K]");
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kBFloat16 && weight.is_contiguous(),
+              "weight must be contiguous bfloat16 [O, K]");
+  const int64_t n = x.size(0), K = x.size(1), O = weight.size(0);
+  TORCH_CHECK(weight.size(1) == K, "x has ", K, " columns but the weight ", weight.size(1));
+  auto xc = x.contiguous();
+  torch::Tensor bf;
+  if (bias.has_value()) {
+    bf = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(bf.numel() == O, "bias must have ", O, " values");
+  }
+  auto out = torch::empty({n, O}, x.options());
+  const float* X = xc.data_ptr<float>();
+  const uint16_t* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  const float* bias_ptr = bias.has_value() ? bf.data_ptr<float>() : nullptr;
+  float* Y = out.data_ptr<float>();
+  constexpr int64_t kChunk = 512;  // a row's slice converted once and used for every row of x
+
+  at::parallel_for(0, O, 16, [&](int64_t o_begin, int64_t o_end) {
+    std::vector<float> acc(n);
+    alignas(64) float w[kChunk];
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const uint16_t* row = W + o * K;
+      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        const int64_t len = std::min(kChunk, K - k0);
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) {
+          const uint32_t bits = static_cast<uint32_t>(row[k0 + k]) << 16;
+          float f;
+          std::memcpy(&f, &bits, sizeof f);
+          w[k] = f;
         }
+        accumulate_rows(w, X + k0, K, n, len, 1.0f, acc.data());
       }
       for (int64_t t = 0; t < n; ++t) Y[t * O + o] = acc[t] + (bias_ptr ? bias_ptr[o] : 0.0f);
     }
@@ -84,6 +159,8 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bf16_linear", &bf16_linear, "y = x @ W^T + b for bf16 W, fp32 x (fp32 accumulation)", py::arg("x"),
+        py::arg("weight"), py::arg("bias") = py::none());
   m.def("mxfp4_linear", &mxfp4_linear, "y = x @ dequant(mxfp4 W)^T + b, fused (fp32)", py::arg("x"),
         py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none());
 }
