@@ -3,7 +3,9 @@
 Examples:
 
 \b
-    ossai generate ./gpt-oss-20b --prompt "Why is the sky blue?" --effort low
+    ossai pull gpt-oss:20b                       # the original layout from the Hugging Face Hub
+    ossai generate gpt-oss:20b --prompt "Why is the sky blue?" --effort low
+    ossai import ./my-checkpoint --name mine && ossai list
     ossai generate ./gpt-oss-20b --raw --tokens 200006,17360,200008 --max-tokens 16 --json
     ossai chat ./gpt-oss-20b --effort high
     ossai bench ./gpt-oss-20b --prompt-tokens 512 --gen-tokens 128 --concurrency 8 --json
@@ -16,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,7 +34,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ModelArg = Annotated[str, typer.Argument(help="checkpoint directory (Hugging Face or original/ layout)")]
+ModelArg = Annotated[
+    str, typer.Argument(help="checkpoint directory (Hugging Face or original/ layout) or a store name")
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads (default: physical cores)")]
 
@@ -41,6 +46,13 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log pro
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+
+
+def _resolve(model: str) -> Path:
+    """MODEL arguments: a checkpoint directory, or a store name (see `ossai list`)."""
+    from ossai.store import resolve
+
+    return resolve(model)
 
 
 def _parse_tokens(text: str) -> list[int]:
@@ -97,7 +109,7 @@ def generate(
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=stops
     )
-    engine = Engine.load(model, device=device, threads=threads)
+    engine = Engine.load(_resolve(model), device=device, threads=threads)
     try:
         _generate(engine, prompt_ids, params, raw, as_json)
     finally:
@@ -189,7 +201,7 @@ def chat(
         top_p=top_p,
         seed=seed,
     )  # checked before the model loads
-    engine = Engine.load(model, device=device, threads=threads)
+    engine = Engine.load(_resolve(model), device=device, threads=threads)
     try:
         status = run_chat(engine.generate, options, model=model)
     finally:
@@ -230,7 +242,7 @@ def bench(
     config = EngineConfig(
         device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max(32, concurrency)
     )
-    engine = Engine.load(model, config=config)
+    engine = Engine.load(_resolve(model), config=config)
     try:
         result = benchmark.run(engine, prompt_tokens, gen_tokens, concurrency, prefix_tokens)
     finally:
@@ -292,8 +304,8 @@ def serve(
     config = EngineConfig(
         device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
     )
-    engine = Engine.load(model, config=config)
-    served = name or Path(model).resolve().name
+    engine = Engine.load(_resolve(model), config=config)
+    served = name or (model if not Path(model).is_dir() else Path(model).resolve().name)
     server_config = ServerConfig(
         model_name=served,
         home=settings.home(),
@@ -320,6 +332,188 @@ def serve(
         Server(config_).run()
     finally:
         engine.close()
+
+
+# -- the model store ----------------------------------------------------------------------------------
+LayoutOpt = Annotated[str, typer.Option(help="which layout to download: original (default) or hf")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+class _PullProgress:
+    """A rich bar (bytes, speed, ETA) on a terminal; one line per finished file otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = None
+        self.task = None
+        self.started = 0.0
+        self.fetched = 0
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+
+    def __enter__(self) -> _PullProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def start(self, path: str, total: int, done: int) -> None:
+        self.started = time.perf_counter()
+        self.fetched = 0
+        if self.bar is not None:
+            self.task = self.bar.add_task(path, total=total, completed=done)
+
+    def advance(self, nbytes: int) -> None:
+        self.fetched += nbytes
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, advance=nbytes)
+
+    def finish(self, path: str) -> None:
+        if self.bar is None:
+            seconds = max(time.perf_counter() - self.started, 1e-6)
+            typer.echo(
+                f"{path}: {self.fetched / 1e6:,.1f} MB fetched at {self.fetched / 1e6 / seconds:,.1f} MB/s",
+                err=True,
+            )
+
+
+def _validator():
+    from ossai.model.weights import Checkpoint
+
+    return Checkpoint.open
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="gpt-oss:20b, gpt-oss:120b or owner/repo[@revision]")],
+    layout: LayoutOpt = "original",
+) -> None:
+    """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN honoured) into the store.
+
+    Only one layout is fetched; partial files survive errors and Ctrl-C, and the same command resumes.
+    """
+    from ossai.store import hub
+
+    try:
+        with _PullProgress() as progress:
+            manifest = hub.pull(name, layout=layout, validate=_validator(), progress=progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"pulled {manifest.name} ({manifest.source}@{(manifest.revision or '')[:12]}, "
+               f"{manifest.size / 1e9:.2f} GB, {manifest.layout} layout)")  # fmt: skip
+
+
+@app.command(name="import")
+def import_(
+    path: Annotated[str, typer.Argument(help="checkpoint directory (either layout)")],
+    name: Annotated[str | None, typer.Option(help="store name (default: the directory name)")] = None,
+    link: Annotated[
+        bool, typer.Option("--link/--copy", help="register the directory in place (default) or copy it")
+    ] = True,
+) -> None:
+    """Register an existing checkpoint directory in the store, after validating every tensor."""
+    from ossai.store import import_model
+
+    manifest = import_model(path, name, "link" if link else "copy", _validator())
+    typer.echo(f"imported {manifest.name} ({manifest.layout} layout, {manifest.size / 1e9:.2f} GB)")
+
+
+@app.command(name="list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List the models in the store."""
+    from ossai.store import list_models
+
+    found = list_models()
+    if as_json:
+        typer.echo(json.dumps([m.to_json() for m in found]))
+        return
+    if not found:
+        typer.echo("no models; add one with `ossai pull gpt-oss:20b` or `ossai import DIR`", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, box=None)
+    for column in ("name", "size", "layout", "source", "added"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for m in found:
+        table.add_row(m.name, f"{m.size / 1e9:.2f} GB", m.layout, m.source, m.added)
+    Console().print(table)
+
+
+@app.command()
+def show(name: Annotated[str, typer.Argument(help="store name")], as_json: JsonOpt = False) -> None:
+    """Show a stored model: architecture, parameters, files, size and the memory it needs."""
+    from ossai.store import show as describe
+
+    info = describe(name)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    memory, params = info["memory_estimate"], info["parameters"]
+    lines = [
+        ("name", info["name"]),
+        ("source", f"{info['source']}" + (f"@{info['revision']}" if info["revision"] else "")),
+        ("path", info["path"]),
+        ("architecture", info["architecture"]),
+        ("parameters", f"{info['parameters'] / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"),
+        ("layers", info["layers"]),
+        ("experts", f"{info['experts']} ({info['experts_per_token']} per token)"),
+        ("quantization", info["quantization"]),
+        ("context length", info["context_length"]),
+        ("layout", info["layout"]),
+        ("size", f"{info['size'] / 1e9:.2f} GB in {len(info['files'])} files"),
+        (
+            "memory needed",
+            f"{memory['total_bytes'] / 1e9:.2f} GB (weights + KV for {memory['context']} tokens)",
+        ),
+    ]
+    for key, value in lines:
+        typer.echo(f"{key:>15}  {value}")
+    for file in info["files"]:
+        typer.echo(f"{'':>15}  {file['size'] / 1e6:>10,.1f} MB  {file['path']}")
+
+
+@app.command()
+def rm(
+    name: Annotated[str, typer.Argument(help="store name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Remove a model from the store (a linked import's own directory is left alone)."""
+    from ossai.errors import ModelLoadError
+    from ossai.store import get, remove
+
+    try:
+        found = get(name)
+        what = f"{found.name} ({found.size / 1e9:.2f} GB)"
+    except ModelLoadError:
+        what = f"{name} (damaged manifest)"
+    if not yes and not typer.confirm(f"remove {what}?"):
+        raise typer.Exit(1)
+    manifest = remove(name)
+    typer.echo(f"removed {manifest.name}")
 
 
 def main() -> None:

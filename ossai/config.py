@@ -280,7 +280,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # below this, logits / temperature overflows to inf and softmax to NaN: the same as argmax
+        return self.temperature < 1e-5
 
 
 @dataclass(slots=True)

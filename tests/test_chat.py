@@ -379,6 +379,7 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
 
     monkeypatch.setattr(Engine, "load", classmethod(load))
     monkeypatch.setattr("ossai.chat.run_chat", fake_run_chat)
+    monkeypatch.setattr("ossai.cli._resolve", lambda model: model)  # "m" is no real checkpoint
     args = [
         "chat",
         "m",

@@ -110,18 +110,18 @@ class BlockManager:
         self.prefix_caching = prefix_caching
         self.queried_tokens = 0  # prefix-cache statistics, in prompt tokens
         self.hit_tokens = 0
-        self.copies: list[tuple[int, int, int]] = []
 
     def _first_live(self, start: int) -> int:
         """The first logical block a query at position `start` (or later) can still read in sliding layers."""
         return max(0, start - self.window + 1) // self.block_size
 
     def match_prefix(self, tokens: Seq[int], tables: BlockTables) -> int:
-        """Take the cached blocks of the longest cached prefix of `tokens`; returns how many tokens need
-        no computing. At least the last token is always computed, for its logits: when the whole prompt
-        is cached, its last block is copied (copy-on-write, see `take_copies`) and that token redone."""
+        """Take the cached blocks of the longest cached prefix of tokens[:-1]; returns its length in tokens.
+
+        The last token is always computed (its logits are needed), so a block holding it is never
+        shared: a fully cached prompt recomputes its last block (vLLM's rule; no copy-on-write)."""
         bs = self.block_size
-        usable = len(tokens) // bs
+        usable = (len(tokens) - 1) // bs
         hits = 0
         if self.prefix_caching and usable:
             hashes = block_hashes(tokens, bs, usable)
@@ -129,46 +129,26 @@ class BlockManager:
                 hits += 1
             # the sliding layers need the prefix's last window, or the hit shrinks
             while hits and any(
-                self.sliding.lookup(h) is None
-                for h in hashes[self._first_live(min(hits * bs, len(tokens) - 1)) : hits]
+                self.sliding.lookup(h) is None for h in hashes[self._first_live(hits * bs) : hits]
             ):
                 hits -= 1
-            if hits * bs == len(tokens) and (self.full.num_free == 0 or self.sliding.num_free == 0):
-                hits -= 1  # no block to copy into: recompute the whole last block instead
-            computed = min(hits * bs, len(tokens) - 1)
             for i in range(hits):
                 block_id = self.full.lookup(hashes[i])
                 self.full.acquire(block_id)
                 tables.full.append(block_id)
-            first = self._first_live(computed)
+            first = self._first_live(hits * bs)
             tables.sliding.extend([None] * first)
             for i in range(first, hits):
                 block_id = self.sliding.lookup(hashes[i])
                 self.sliding.acquire(block_id)
                 tables.sliding.append(block_id)
             tables.hashed = hits
-            if computed < hits * bs:  # the whole prompt hit: its last token goes into private copies
-                for group, (pool, table) in enumerate(
-                    ((self.full, tables.full), (self.sliding, tables.sliding))
-                ):
-                    src = table[-1]
-                    assert src is not None
-                    table[-1] = pool.allocate()
-                    self.copies.append((group, src, table[-1]))
-                tables.hashed = hits - 1
-        else:
-            computed = 0
-        self.queried_tokens += len(tokens)
-        self.hit_tokens += computed
-        return computed
+        return hits * bs
 
-    def take_copies(self) -> list[tuple[int, int, int]]:
-        """Pending (group, source block, destination block) copies, for the runner to do before its next
-        step; the source blocks are released once handed over (group 0 = full, 1 = sliding layers)."""
-        copies, self.copies = self.copies, []
-        for group, src, _ in copies:
-            (self.full, self.sliding)[group].release(src)
-        return copies
+    def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
+        """Prefix-cache statistics, counted once per request (not per retry or re-admission)."""
+        self.queried_tokens += prompt_tokens
+        self.hit_tokens += hit_tokens
 
     def blocks_needed(self, tables: BlockTables, start: int, end: int) -> tuple[int, int]:
         """(full, sliding) blocks to allocate so that positions [start, end) have blocks."""

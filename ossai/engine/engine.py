@@ -272,13 +272,14 @@ class Engine:
             log.exception("engine worker died")
             with self._cond:
                 self._closed = True
-            for seq in list(self._seqs.values()):
-                seq.finish_reason = "error"
-                self._finish(seq, seq.output(text="[engine error: the worker stopped]"))
-            for seq, _ in self._incoming:
-                seq.finish_reason = "error"
-                self._finish(seq, seq.output(text="[engine error: the worker stopped]"))
+                incoming, self._incoming = self._incoming, []
+            self._fail_all([seq for seq, _ in incoming], "the worker stopped")
             raise
+
+    def _fail_all(self, extra: list[Sequence], reason: str) -> None:
+        for seq in [*self._seqs.values(), *extra]:
+            seq.finish_reason = "error"
+            self._finish(seq, seq.output(text=f"[engine error: {reason}]"))
 
     def _loop(self) -> None:
         scheduler = self._scheduler
@@ -303,9 +304,7 @@ class Engine:
                 self._step(scheduler)
             except Exception as exc:  # a bug or out of memory: fail what is in flight, keep serving
                 log.exception("engine step failed")
-                for seq in list(self._seqs.values()):
-                    seq.finish_reason = "error"
-                    self._finish(seq, seq.output(text=f"[engine error: {type(exc).__name__}: {exc}]"))
+                self._fail_all([], f"{type(exc).__name__}: {exc}")
 
     def _step(self, scheduler: Scheduler) -> None:
         batch = scheduler.schedule()
@@ -318,9 +317,16 @@ class Engine:
             if not item.samples:
                 continue
             seq = item.seq
-            token, logprob = self._choose(seq, logits[row])
+            try:
+                token, logprob = self._choose(seq, logits[row])
+                output = seq.append(token)
+            except Exception as exc:  # one request's sampling or output failed: fail it alone
+                log.exception("request %s failed", seq.request_id)
+                seq.finish_reason = "error"
+                self._finish(seq, seq.output(text=f"[engine error: {type(exc).__name__}: {exc}]"))
+                row += 1
+                continue
             row += 1
-            output = seq.append(token)
             self._generated_tokens += 1
             if logprob is not None:
                 output.logprobs = [logprob]

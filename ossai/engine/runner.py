@@ -101,7 +101,8 @@ class Runner:
             full_blocks = full_budget // (bs * token_bytes[FULL])
         else:  # no full-attention layers: the full tables only track positions
             full_blocks = config.max_num_seqs * -(-model_len // bs)
-        if full_blocks < 2 or sliding_blocks < per_seq + 1:
+        chunk_blocks = -(-config.max_num_batched_tokens // bs)
+        if full_blocks < chunk_blocks + 1 or sliding_blocks < per_seq + chunk_blocks + 1:
             raise BadRequest(f"the KV cache budget ({budget / 2**20:.2f} MiB) is too small for this model")
         self.max_model_len = min(model_len, full_blocks * bs)
         self.blocks = BlockManager(bs, full_blocks, sliding_blocks, self.window, config.prefix_caching)
@@ -159,10 +160,6 @@ class Runner:
     @torch.inference_mode()
     def step(self, batch: list[Scheduled]) -> torch.Tensor:
         """Run one step; returns fp32 logits [n, vocab] for the items that sample, in batch order."""
-        bs = self.block_size
-        for group, src, dst in self.blocks.take_copies():  # copy-on-write of fully cached prompts
-            for pools in (self.k_pools, self.v_pools):
-                pools[group][:, dst * bs : (dst + 1) * bs] = pools[group][:, src * bs : (src + 1) * bs]
         tokens, positions, meta = self.build(batch)
         hidden = self.model(tokens, positions, meta)
         rows = [seg.stop - 1 for seg, item in zip(meta.segments, batch, strict=True) if item.samples]

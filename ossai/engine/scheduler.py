@@ -57,14 +57,18 @@ class Scheduler:
                 budget -= count
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not seq.tables.full:
-                seq.num_computed = self.blocks.match_prefix(seq.tokens, seq.tables)
-                seq.cached_tokens = max(seq.cached_tokens, min(seq.num_computed, seq.num_prompt))
+            seq.num_computed = self.blocks.match_prefix(seq.tokens, seq.tables)
             count = min(seq.remaining, budget)
             if not self.blocks.can_allocate(seq.tables, seq.num_computed, seq.num_computed + count):
+                self.blocks.free(seq.tables)  # hold nothing while waiting
+                seq.num_computed = 0
                 if self.running or batch:
                     break  # wait for running requests to finish and free blocks
                 raise AssertionError("KV pool too small for one request; Engine.submit checks this")
+            if not seq.counted:
+                self.blocks.record_lookup(seq.num_prompt, min(seq.num_computed, seq.num_prompt))
+                seq.cached_tokens = min(seq.num_computed, seq.num_prompt)
+                seq.counted = True
             self.blocks.allocate(seq.tables, seq.num_computed, seq.num_computed + count)
             self.waiting.popleft()
             seq.status = Status.RUNNING

@@ -69,6 +69,7 @@ class Sequence:
         self.num_prompt = len(request.prompt)
         self.num_computed = 0
         self.cached_tokens = 0
+        self.counted = False  # prefix-cache statistics recorded
         self.status = Status.WAITING
         self.tables = BlockTables()
         self.generator = torch.Generator()
@@ -79,6 +80,7 @@ class Sequence:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""  # decoded output text not yet emitted (held back while it may start a stop string)
         self._holdback = max((len(s) for s in self.params.stop), default=1) - 1
+        self._stopped_by_string = False
         self.parser = harmony.StreamParser() if request.parse_harmony else None
         self._pending_events: list = []
         if self.parser is not None and request.harmony_prefill:
@@ -109,9 +111,9 @@ class Sequence:
             self.finish_reason = "stop"
             text = self._decoder.decode(b"", final=True)  # the stop token itself is not emitted
         else:
-            text = self._decoder.decode(harmony.token_bytes(token))
             if self.num_generated >= self.params.max_tokens:
                 self.finish_reason = "length"
+            text = self._decoder.decode(harmony.token_bytes(token), final=self.finish_reason is not None)
         return self._emit(text, [token], events)
 
     def _emit(self, text: str, token_ids: list[int], events: list) -> Output:
@@ -119,8 +121,8 @@ class Sequence:
             text = self._stop_strings(text)
         else:  # chat: stop strings apply to the visible answer, not to reasoning or message headers
             events = self._stop_strings_in_events(events)
-        if self.finish_reason and self.parser is not None:
-            events = events + self.parser.finish()
+            if self.finish_reason:
+                events += self._stop_strings_in_events(self.parser.finish())
         return self.output(text, token_ids, events)
 
     def _stop_strings(self, text: str) -> str:
@@ -130,24 +132,28 @@ class Sequence:
         hits = [i for i in (self._text.find(s) for s in self.params.stop) if i >= 0]
         if hits:
             self.finish_reason = "stop"
+            self._stopped_by_string = True
             self._text = self._text[: min(hits)]
         cut = len(self._text) - (0 if self.finish_reason else self._holdback)
         visible, self._text = self._text[:cut], self._text[cut:]
         return visible
 
     def _stop_strings_in_events(self, events: list) -> list:
+        """Stop strings in chat mode: they cut the final answer (ContentDelta), whose text is held back
+        while it may still become one; reasoning, preambles and tool calls pass through untouched, until
+        a stop string ends the request."""
         if not self.params.stop:
             return events
-        out, answer = [], ""
+        out: list = []
         for event in events:
-            if isinstance(event, (harmony.ContentDelta, harmony.PreambleDelta)):
-                answer += event.text
-            elif not self.finish_reason:
+            if isinstance(event, harmony.ContentDelta):
+                visible = "" if self._stopped_by_string else self._stop_strings(event.text)
+                if visible:
+                    out.append(harmony.ContentDelta(visible))
+            elif not self._stopped_by_string:
                 out.append(event)
-        if answer or self.finish_reason:
-            visible = self._stop_strings(answer)
-            if visible:
-                out.append(harmony.ContentDelta(visible))
+        if self.finish_reason and not self._stopped_by_string and self._text:  # flush what was held back
+            out.append(harmony.ContentDelta(self._stop_strings("")))
         return out
 
     def output(

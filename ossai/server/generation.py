@@ -7,10 +7,13 @@ text, tool calls (with stable ids, arguments streamed as they arrive) and one fi
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
 
 from ossai import harmony
 from ossai.config import SamplingParams
@@ -84,6 +87,9 @@ class Done:
 Event = ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | Done
 
 
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what may follow `functions.` in a harmony header
+
+
 def function_names(tools: list[dict[str, Any]] | None) -> list[str]:
     names = []
     for tool in tools or []:
@@ -99,7 +105,11 @@ def render(req: ChatRequest) -> tuple[list[int], list[int]]:
     tools = req.tools if choice != "none" else None
     prefill = ""
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        function = choice.get("function") or {}
+        name = function.get("name") if isinstance(function, dict) else None
+        name = name or choice.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise BadRequest(f"tool_choice must name a function, got {choice!r}", "tool_choice")
         if name not in function_names(req.tools):
             raise BadRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
         prefill = f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
@@ -125,12 +135,13 @@ def _tool_name(recipient: str) -> str:
     return recipient.removeprefix("functions.")
 
 
-def start_chat(
+async def start_chat(
     engine: Engine, req: ChatRequest, timer: TokenObserver | None = None, request_id: str | None = None
 ) -> AsyncIterator[Event]:
     """Validate, render and submit now (so bad input raises before a response starts); the returned
-    iterator yields the turn's events and ends with exactly one `Done`."""
-    prompt, prefill = render(req)
+    iterator yields the turn's events and ends with exactly one `Done`. Rendering (tokenizing a prompt
+    of up to the body limit) runs in a worker thread, off the event loop."""
+    prompt, prefill = await run_in_threadpool(render, req)
     max_tokens = req.max_tokens if req.max_tokens is not None else engine.max_model_len - len(prompt)
     if max_tokens < 1:
         raise ContextLengthError(

@@ -166,7 +166,7 @@ async def _run_chat(
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
     clock = _Clock(ctx)
-    events = gen.start_chat(ctx.engine, _chat_request(ctx, body), clock, request_id)
+    events = await gen.start_chat(ctx.engine, _chat_request(ctx, body), clock, request_id)
     with_calls = isinstance(body, wire.ChatRequest)
 
     def head() -> dict[str, Any]:

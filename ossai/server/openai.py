@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ossai import harmony
 from ossai.config import SamplingParams
@@ -28,6 +29,7 @@ from ossai.server.openai_types import ChatCompletionRequest, CompletionRequest
 from ossai.server.streaming import final_event, sse, until_disconnect
 
 router = APIRouter(prefix="/v1")
+EOS_TOKENS = (199999, 200002, 200012)  # <|endoftext|>, <|return|>, <|call|>: gpt-oss's generation_config
 
 
 def _model_card(ctx: ServerContext) -> dict:
@@ -88,7 +90,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    events = gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
+    events = await gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
@@ -174,7 +176,10 @@ async def completions(body: CompletionRequest, request: Request):
         if len(prompt) != 1:
             raise BadRequest("only one prompt per request is supported", param="prompt")
         prompt = prompt[0]
-    ids = harmony.encode(prompt) if isinstance(prompt, str) else list(prompt)  # type: ignore[arg-type]
+    if isinstance(prompt, str):
+        ids = await run_in_threadpool(harmony.encode, prompt)  # off the event loop
+    else:
+        ids = list(prompt)  # type: ignore[arg-type]
     if not ids:
         raise BadRequest("the prompt is empty", param="prompt")
     room = ctx.engine.max_model_len - len(ids)
@@ -186,6 +191,8 @@ async def completions(body: CompletionRequest, request: Request):
     sampling = body.sampling()
     if body.logprobs:
         sampling |= {"logprobs": True, "top_logprobs": body.logprobs}
+    if not body.ignore_eos:  # the checkpoint's generation_config eos ids
+        sampling["stop_token_ids"] = frozenset(EOS_TOKENS)
     params = SamplingParams(max_tokens=max_tokens, **sampling)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     stream = ctx.engine.submit(EngineRequest(ids, params, completion_id))
@@ -210,8 +217,10 @@ async def completions(body: CompletionRequest, request: Request):
         async for out in stream:
             if out.token_ids:
                 timer.token()
+            if out.finish_reason == "error":
+                raise RuntimeError(out.text or "engine error")
             usage = gen.Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
-            finish = {"abort": "stop", "error": "stop"}.get(out.finish_reason or "", out.finish_reason)
+            finish = "stop" if out.finish_reason == "abort" else out.finish_reason
             if out.finished:
                 timer.done(usage.prompt_tokens, usage.completion_tokens)
             yield out.text, finish, out.logprobs, usage

@@ -93,3 +93,4 @@ class CompletionRequest(_Request):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
+    ignore_eos: bool = False  # vLLM extension: keep going past <|endoftext|>, <|return|>, <|call|>

@@ -290,7 +290,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         tool_choice=body.chat_tool_choice(),
     )
     response_id = new_id("resp")
-    events = gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=response_id)
+    events = await gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=response_id)
     response = _response(body, response_id, int(time.time()), ctx.model_name)
     stream = _run(events, response, items, store if body.store else None)
     if body.stream:

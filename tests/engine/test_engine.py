@@ -195,7 +195,7 @@ def test_context_and_parameter_errors(make_engine):
         SamplingParams(max_tokens=0)
 
 
-def test_a_fully_cached_prompt_recomputes_one_token_and_matches(make_engine):
+def test_a_fully_cached_prompt_recomputes_its_last_block_and_matches(make_engine):
     cached = make_engine()
     fresh = make_engine(prefix_caching=False)
     prompt = _prompts(8, seed=4)[7][:144]  # exactly 9 blocks of 16
@@ -203,6 +203,6 @@ def test_a_fully_cached_prompt_recomputes_one_token_and_matches(make_engine):
     first = list(cached.submit(Request(prompt, params)))
     again = list(cached.submit(Request(prompt, params)))
     reference = list(fresh.submit(Request(prompt, params)))
-    assert again[-1].cached_tokens == 143 and first[-1].cached_tokens == 0
+    assert again[-1].cached_tokens == 128 and first[-1].cached_tokens == 0
     assert [o.token_ids for o in again] == [o.token_ids for o in reference] == [o.token_ids for o in first]
     assert abs(again[0].logprobs[0].logprob - reference[0].logprobs[0].logprob) < 1e-5

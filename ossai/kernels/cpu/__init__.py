@@ -32,7 +32,9 @@ def load(required: bool = False) -> ModuleType | None:
         return cpp_extension.load(
             name="ossai_cpu_kernels",
             sources=[str(s) for s in SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"],
+            # -fopenmp: at::parallel_for splits work across threads only when built with OpenMP
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
+            extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir()),
             verbose=False,
         )
