@@ -3,6 +3,7 @@
 OSSAI_HOME     where ossai keeps its data (models, the responses database, the tokenizer); ~/.ossai
 OSSAI_API_KEY  an API key `ossai serve` requires, in addition to --api-key
 OSSAI_DEBUG    show tracebacks for unexpected errors on the command line
+OSSAI_KERNEL_CACHE  where the CPU kernels are compiled; ~/.cache/ossai/kernels
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ def home() -> Path:
     path = Path(os.environ.get("OSSAI_HOME") or Path.home() / ".ossai").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def kernel_cache() -> Path:
+    return Path(
+        os.environ.get("OSSAI_KERNEL_CACHE") or Path.home() / ".cache" / "ossai" / "kernels"
+    ).expanduser()
 
 
 def api_keys() -> tuple[str, ...]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from types import ModuleType
+
+from ossai import settings
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,7 @@ SOURCES = [Path(__file__).with_name("mxfp4.cpp")]
 
 
 def build_dir() -> Path:
-    root = Path(os.environ.get("OSSAI_KERNEL_CACHE") or Path.home() / ".cache" / "ossai" / "kernels")
-    path = root / "cpu"
+    path = settings.kernel_cache() / "cpu"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
