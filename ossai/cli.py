@@ -295,16 +295,20 @@ def serve(
     from ossai.engine import Engine, EngineConfig
     from ossai.server.app import create_app
     from ossai.server.context import ServerConfig
+    from ossai.store import resources
 
     keys = tuple(api_key or ()) + settings.api_keys()
     if host not in ("127.0.0.1", "localhost", "::1") and not keys:
         typer.echo(
             f"warning: listening on {host} without an API key: anyone who can reach it can use it", err=True
         )
+    checkpoint = _resolve(model)
+    plan = resources.plan(checkpoint, device=device, kv_cache_mb=kv_cache_mb)  # refuses what cannot fit
+    typer.echo(f"ossai: plan: {plan.summary()}", err=True)
     config = EngineConfig(
-        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
+        device=plan.device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
     )
-    engine = Engine.load(_resolve(model), config=config)
+    engine = Engine.load(checkpoint, config=config)
     served = name or (model if not Path(model).is_dir() else Path(model).resolve().name)
     server_config = ServerConfig(
         model_name=served,
