@@ -194,26 +194,48 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor weight, c10::optional<t
   const uint16_t* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const float* bias_ptr = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   float* Y = out.data_ptr<float>();
-  constexpr int64_t kChunk = 512;  // a row's slice converted once and used for every row of x
+  constexpr int64_t kChunk = 256;  // a slice of kRows weight rows converted once, used for every row of x
+  constexpr int64_t kRows = 4;     // weight rows per tile: each x element loaded feeds kRows multiply-adds
 
-  at::parallel_for(0, O, 16, [&](int64_t o_begin, int64_t o_end) {
-    std::vector<float> acc(n);
-    alignas(64) float w[kChunk];
-    for (int64_t o = o_begin; o < o_end; ++o) {
-      const uint16_t* row = W + o * K;
+  at::parallel_for(0, (O + kRows - 1) / kRows, 4, [&](int64_t tile_begin, int64_t tile_end) {
+    std::vector<float> acc(kRows * n);
+    alignas(64) float w[kRows][kChunk];
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const int64_t o0 = tile * kRows;
+      const int64_t rows = std::min(kRows, O - o0);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
         const int64_t len = std::min(kChunk, K - k0);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const uint16_t* row = W + (o0 + std::min(r, rows - 1)) * K + k0;  // a short tile repeats its last row
 #pragma omp simd
-        for (int64_t k = 0; k < len; ++k) {
-          const uint32_t bits = static_cast<uint32_t>(row[k0 + k]) << 16;
-          float f;
-          std::memcpy(&f, &bits, sizeof f);
-          w[k] = f;
+          for (int64_t k = 0; k < len; ++k) {
+            const uint32_t bits = static_cast<uint32_t>(row[k]) << 16;
+            float f;
+            std::memcpy(&f, &bits, sizeof f);
+            w[r][k] = f;
+          }
         }
-        accumulate_rows(w, X + k0, K, n, len, 1.0f, acc.data());
+        for (int64_t t = 0; t < n; ++t) {
+          const float* xr = X + t * K + k0;
+          float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+          for (int64_t k = 0; k < len; ++k) {
+            const float xk = xr[k];
+            d0 += w[0][k] * xk;
+            d1 += w[1][k] * xk;
+            d2 += w[2][k] * xk;
+            d3 += w[3][k] * xk;
+          }
+          acc[0 * n + t] += d0;
+          acc[1 * n + t] += d1;
+          acc[2 * n + t] += d2;
+          acc[3 * n + t] += d3;
+        }
       }
-      for (int64_t t = 0; t < n; ++t) Y[t * O + o] = acc[t] + (bias_ptr ? bias_ptr[o] : 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t t = 0; t < n; ++t) Y[t * O + o0 + r] = acc[r * n + t] + (bias_ptr ? bias_ptr[o0 + r] : 0.0f);
+      }
     }
   });
   return out;
