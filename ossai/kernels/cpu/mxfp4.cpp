@@ -37,6 +37,17 @@ struct PairTable {  // byte -> (value of low nibble, value of high nibble)
 };
 const PairTable kPairs;
 
+struct ScaleTable {  // E8M0 byte -> 2^(byte - 127), and half of it (for the doubled int8 value table)
+  float full[256], half[256];
+  ScaleTable() {
+    for (int e = 0; e < 256; ++e) {
+      full[e] = std::ldexp(1.0f, e - 127);
+      half[e] = std::ldexp(1.0f, e - 128);
+    }
+  }
+};
+const ScaleTable kScales;  // a table lookup per block instead of a libm ldexp call
+
 // acc[t] += scale * dot(w[0:len], x[t, 0:len]) for the n rows of x (row stride ld). Four rows at a time,
 // so every weight loaded from L1 feeds four multiply-adds.
 inline void accumulate_rows(const float* w, const float* x, int64_t ld, int64_t n, int64_t len, float scale,
@@ -105,7 +116,7 @@ void mxfp4_row_avx2(const uint8_t* row, const uint8_t* row_scales, int64_t G, co
     for (int64_t g = 0; g < G; ++g) {
       __m256 w[4];
       // 2^(e - 128): the E8M0 scale, halved for the doubled table
-      decode_block(row + g * 16, _mm256_set1_ps(std::ldexp(1.0f, static_cast<int>(row_scales[g]) - 128)), w);
+      decode_block(row + g * 16, _mm256_set1_ps(kScales.half[row_scales[g]]), w);
       for (int64_t j = 0; j < m; ++j) {
         const float* xr = X + (t0 + j) * K + g * 32;
         __m256 a = acc[j];
@@ -165,7 +176,7 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
           w[2 * j] = kPairs.v[block[j]][0];
           w[2 * j + 1] = kPairs.v[block[j]][1];
         }
-        const float scale = std::ldexp(1.0f, static_cast<int>(row_scales[g]) - 127);
+        const float scale = kScales.full[row_scales[g]];
         accumulate_rows(w, X + g * 32, K, n, 32, scale, acc.data());
       }
 #endif
