@@ -22,10 +22,12 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 
-def block_hashes(tokens: Seq[int], block_size: int, count: int) -> list[bytes]:
-    """Chained content hashes of the first `count` full blocks of `tokens`."""
-    hashes, parent = [], b""
-    for i in range(count):
+def block_hashes(
+    tokens: Seq[int], block_size: int, count: int, start: int = 0, parent: bytes = b""
+) -> list[bytes]:
+    """Chained content hashes of full blocks start..count-1 of `tokens`; `parent` is block start-1's hash."""
+    hashes = []
+    for i in range(start, count):
         chunk = array("q", tokens[i * block_size : (i + 1) * block_size]).tobytes()
         parent = hashlib.blake2b(parent + chunk, digest_size=16).digest()
         hashes.append(parent)
@@ -97,6 +99,8 @@ class BlockTables:
     full: list[int] = field(default_factory=list)
     sliding: list[int | None] = field(default_factory=list)
     hashed: int = 0  # leading full blocks already registered in the prefix index
+    last_hash: bytes = b""  # the hash of block hashed-1, to chain the next ones from
+    released: int = 0  # leading sliding blocks already released
 
 
 class BlockManager:
@@ -143,6 +147,7 @@ class BlockManager:
                 self.sliding.acquire(block_id)
                 tables.sliding.append(block_id)
             tables.hashed = hits
+            tables.last_hash = hashes[hits - 1] if hits else b""
         return hits * bs
 
     def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
@@ -176,17 +181,18 @@ class BlockManager:
         """After a step: hash the newly completed blocks, release sliding blocks behind the window."""
         full_blocks = num_computed // self.block_size
         if self.prefix_caching and full_blocks > tables.hashed:
-            hashes = block_hashes(tokens, self.block_size, full_blocks)
-            for i in range(tables.hashed, full_blocks):
-                self.full.register(tables.full[i], hashes[i])
+            hashes = block_hashes(tokens, self.block_size, full_blocks, tables.hashed, tables.last_hash)
+            for i, h in enumerate(hashes, start=tables.hashed):
+                self.full.register(tables.full[i], h)
                 if tables.sliding[i] is not None:
-                    self.sliding.register(tables.sliding[i], hashes[i])
-            tables.hashed = full_blocks
-        for i in range(self._first_live(num_computed)):
+                    self.sliding.register(tables.sliding[i], h)
+            tables.hashed, tables.last_hash = full_blocks, hashes[-1]
+        for i in range(tables.released, self._first_live(num_computed)):
             block_id = tables.sliding[i]
             if block_id is not None:
                 self.sliding.release(block_id)
                 tables.sliding[i] = None
+        tables.released = max(tables.released, self._first_live(num_computed))
 
     def free(self, tables: BlockTables) -> None:
         for block_id in tables.full:
@@ -196,7 +202,7 @@ class BlockManager:
                 self.sliding.release(block_id)
         tables.full.clear()
         tables.sliding.clear()
-        tables.hashed = 0
+        tables.hashed, tables.last_hash, tables.released = 0, b"", 0
 
     @property
     def hit_rate(self) -> float:

@@ -88,17 +88,21 @@ def start_server(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    wait_healthy(url, lambda: thread.is_alive())
+    return Served(url, engine, server, thread)
+
+
+def wait_healthy(url: str, alive, timeout: float = 60.0) -> None:
+    """Poll /health until the server answers; fail early if `alive()` says it died."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    return Served(url, engine, server, thread)
+            time.sleep(0.05)
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"server at {url} did not start")
 
 
 @pytest.fixture(scope="module")

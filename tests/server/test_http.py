@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ossai.config import EngineConfig
 from ossai.testing.scripted import ScriptedEngine
-from tests.server.conftest import MODEL, free_port, start_server
+from tests.server.conftest import MODEL, free_port, start_server, wait_healthy
 
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -166,16 +165,10 @@ def test_sigterm_drains_and_exits_zero(tiny, tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            assert time.monotonic() < deadline and proc.poll() is None, (
-                proc.stderr.read() if proc.stderr else ""
-            )
+        try:
+            wait_healthy(url, lambda: proc.poll() is None)
+        except RuntimeError:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
         body = {"model": MODEL, "messages": HELLO, "max_tokens": 20, "temperature": 0}
         with httpx.stream("POST", url + CHAT, json={**body, "stream": True}, timeout=30) as response:
             lines = response.iter_lines()

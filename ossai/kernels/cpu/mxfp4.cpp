@@ -133,6 +133,14 @@ void mxfp4_row_avx2(const uint8_t* row, const uint8_t* row_scales, int64_t G, co
 
 #endif
 
+// The bias as contiguous fp32 (an undefined tensor when there is none).
+torch::Tensor float_bias(const c10::optional<torch::Tensor>& bias, int64_t O) {
+  if (!bias.has_value()) return {};
+  torch::Tensor out = bias->to(torch::kFloat32).contiguous();
+  TORCH_CHECK(out.numel() == O, "bias must have ", O, " values");
+  return out;
+}
+
 }  // namespace
 
 torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales,
@@ -148,16 +156,12 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
   auto xc = x.contiguous();
   auto bc = blocks.contiguous();
   auto sc = scales.contiguous();
-  torch::Tensor bf;
-  if (bias.has_value()) {
-    bf = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(bf.numel() == O, "bias must have ", O, " values");
-  }
+  const torch::Tensor bf = float_bias(bias, O);
   auto out = torch::empty({n, O}, x.options());
   const float* X = xc.data_ptr<float>();
   const uint8_t* B = bc.data_ptr<uint8_t>();
   const uint8_t* S = sc.data_ptr<uint8_t>();
-  const float* bias_ptr = bias.has_value() ? bf.data_ptr<float>() : nullptr;
+  const float* bias_ptr = bf.defined() ? bf.data_ptr<float>() : nullptr;
   float* Y = out.data_ptr<float>();
 
   at::parallel_for(0, O, 8, [&](int64_t o_begin, int64_t o_end) {
@@ -195,15 +199,11 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor weight, c10::optional<t
   const int64_t n = x.size(0), K = x.size(1), O = weight.size(0);
   TORCH_CHECK(weight.size(1) == K, "x has ", K, " columns but the weight ", weight.size(1));
   auto xc = x.contiguous();
-  torch::Tensor bf;
-  if (bias.has_value()) {
-    bf = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(bf.numel() == O, "bias must have ", O, " values");
-  }
+  const torch::Tensor bf = float_bias(bias, O);
   auto out = torch::empty({n, O}, x.options());
   const float* X = xc.data_ptr<float>();
   const uint16_t* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-  const float* bias_ptr = bias.has_value() ? bf.data_ptr<float>() : nullptr;
+  const float* bias_ptr = bf.defined() ? bf.data_ptr<float>() : nullptr;
   float* Y = out.data_ptr<float>();
   constexpr int64_t kChunk = 256;  // a slice of kRows weight rows converted once, used for every row of x
   constexpr int64_t kRows = 4;     // weight rows per tile: each x element loaded feeds kRows multiply-adds
