@@ -86,8 +86,12 @@ class ModelConfig:
         mlp = h + e * h + e + e * (2 * i * h + 2 * i + h * i + h)
         return 2 * self.vocab_size * h + h + self.num_hidden_layers * (attn + mlp)
 
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        return self.num_hidden_layers * 2 * self.kv_dim * dtype_bytes
+    def kv_bytes(self, context_tokens: int, dtype_bytes: int = 2) -> int:
+        """KV cache of one sequence of `context_tokens`: sliding-window layers keep only their window."""
+        sliding = sum(self.is_sliding(n) for n in range(self.num_hidden_layers))
+        full = self.num_hidden_layers - sliding
+        positions = full * context_tokens + sliding * min(context_tokens, self.sliding_window)
+        return positions * 2 * self.kv_dim * dtype_bytes  # 2: keys and values
 
     # -- readers ---------------------------------------------------------------------------------
     @classmethod

@@ -137,7 +137,7 @@ def show(name: str, context: int = DEFAULT_CONTEXT) -> dict[str, Any]:
     """The figures `ossai show` prints: architecture, sizes, files and an estimate of the memory needed."""
     manifest = get(name)
     layout, config = read_config(manifest.directory)
-    kv = config.kv_bytes_per_token() * context
+    kv = config.kv_bytes(context)  # bf16 keys and values; sliding layers hold only their window
     return {
         "name": manifest.name,
         "source": manifest.source,

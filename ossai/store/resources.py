@@ -133,14 +133,6 @@ def weight_bytes(config: ModelConfig) -> int:
     return BF16_BYTES * (bf16 + c.num_hidden_layers * per_layer) + c.num_hidden_layers * mxfp4
 
 
-def kv_bytes(config: ModelConfig, context_tokens: int, dtype_bytes: int = BF16_BYTES) -> int:
-    """KV cache for one sequence of `context_tokens`: sliding-window layers keep only their window."""
-    sliding = sum(config.is_sliding(n) for n in range(config.num_hidden_layers))
-    full = config.num_hidden_layers - sliding
-    positions = full * context_tokens + sliding * min(context_tokens, config.sliding_window)
-    return positions * 2 * config.kv_dim * dtype_bytes  # 2 = keys and values
-
-
 def estimate(
     checkpoint_dir: str | Path, context_tokens: int = DEFAULT_CONTEXT, kv_dtype_bytes: int = BF16_BYTES
 ) -> Estimate:
@@ -156,7 +148,7 @@ def estimate(
         weights_bytes=weight_bytes(config),
         file_bytes=files,
         context_tokens=context_tokens,
-        kv_bytes=kv_bytes(config, context_tokens, kv_dtype_bytes),
+        kv_bytes=config.kv_bytes(context_tokens, kv_dtype_bytes),
     )
 
 
@@ -215,7 +207,7 @@ def _kv(est: Estimate, kind: str, kv_cache_mb: float | None, context: int | None
     if kv_cache_mb is not None:
         return int(kv_cache_mb * MIB)
     if context is not None:
-        return kv_bytes(est.config, context, KV_DTYPE_BYTES[kind])
+        return est.config.kv_bytes(context, KV_DTYPE_BYTES[kind])
     return int(KV_CACHE_FRACTION * memory)  # the engine's own default (Runner: fraction of the memory)
 
 

@@ -38,7 +38,8 @@ def test_import_link_list_show_rm(tiny_checkpoints, layout):
     assert (info["layers"], info["experts"], info["experts_per_token"]) == (4, 8, 4)
     assert info["parameters"] > 0 and info["context_length"] == 4096 * 32
     kv = info["memory_estimate"]["kv_cache_bytes"]
-    assert kv == 4 * 2 * 2 * 16 * 2 * 8192  # layers * (k, v) * kv heads * head_dim * bf16 * tokens
+    # 2 full layers hold 8192 positions, 2 sliding ones their 128; (k, v) * kv heads * head_dim * bf16
+    assert kv == (2 * 8192 + 2 * 128) * 2 * 2 * 16 * 2
     assert info["memory_estimate"]["total_bytes"] == info["size"] + kv
     text = _cli("show", f"tiny-{layout}").stdout
     assert "memory needed" in text and "MXFP4" in text
