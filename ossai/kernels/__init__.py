@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ossai.model.layers import linear
-from ossai.model.transformer import Transformer
+from ossai.model.transformer import Transformer, mxfp4_linear
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
         module = cpu.load()
         if module is not None:
             dense = _decode_dense(module.bf16_linear)
+            experts = _decode_mxfp4(module.mxfp4_linear)
             for mlp in model.mlp:
-                mlp.mxfp4_linear = module.mxfp4_linear
+                mlp.mxfp4_linear = experts
                 mlp.dense = dense
             for attn in model.attn:
                 attn.dense = dense
@@ -38,6 +39,18 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
     if swapped:
         log.info("kernels: %s", ", ".join(swapped))
     return swapped
+
+
+def _decode_mxfp4(kernel):
+    """`transformer.mxfp4_linear` with the fused kernel for few fp32 rows per expert; beyond, a dequantized
+    matrix fed to a GEMM is faster (prefill)."""
+
+    def experts(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        if x.shape[0] <= DECODE_ROWS and x.dtype == torch.float32:
+            return kernel(x, blocks, scales, bias)
+        return mxfp4_linear(x, blocks, scales, bias)
+
+    return experts
 
 
 def _decode_dense(kernel):

@@ -84,10 +84,6 @@ def mxfp4_linear(
 class MLPBlock(nn.Module):
     """Router (top-A, softmax over the selected logits) and MXFP4 experts with the clamped SwiGLU."""
 
-    # tokens per expert up to which `mxfp4_linear` is used: a fused kernel reads packed weights once, but
-    # beyond a few rows a dequantized matrix fed to a GEMM is faster (prefill)
-    fused_rows = 16
-
     def __init__(self, config: ModelConfig, layer: int, get: WeightGetter):
         super().__init__()
         p = f"block.{layer}.mlp"
@@ -119,11 +115,10 @@ class MLPBlock(nn.Module):
             slots = order[start : start + count]
             start += count
             tokens = slots // self.top_k
-            matmul = self.mxfp4_linear if count <= self.fused_rows else mxfp4_linear
             w1 = (self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], self.mlp1_bias[expert])
             w2 = (self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], self.mlp2_bias[expert])
-            h = swiglu(matmul(t[tokens], *w1), self.limit)  # [n, 2I] -> [n, I]
-            y = matmul(h, *w2)  # [n, H]
+            h = swiglu(self.mxfp4_linear(t[tokens], *w1), self.limit)  # [n, 2I] -> [n, I]
+            y = self.mxfp4_linear(h, *w2)  # [n, H]
             out.index_add_(0, tokens, y.float() * weights.flatten()[slots, None])
         return out.to(t.dtype)
 

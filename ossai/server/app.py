@@ -7,7 +7,6 @@ size limit (413), API-key auth (401 on every API route but /health) and CORS.
 from __future__ import annotations
 
 import hmac
-import json
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,16 +22,8 @@ from ossai.server.metrics import Metrics
 PROTECTED = ("/v1", "/api", "/metrics")
 
 
-async def _send_error(scope: Scope, send: Send, status: int, message: str) -> None:
-    body = json.dumps(
-        {"error": message} if errors.is_ollama(scope["path"]) else errors.error_body(status, message)
-    )
-    body = body.encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _send_error(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    await errors.error_response(status, message, path=scope["path"])(scope, receive, send)
 
 
 class AuthMiddleware:
@@ -50,7 +41,9 @@ class AuthMiddleware:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.keys):
             return await self.app(scope, receive, send)
-        await _send_error(scope, send, 401, "missing or invalid API key (send Authorization: Bearer KEY)")
+        await _send_error(
+            scope, receive, send, 401, "missing or invalid API key (send Authorization: Bearer KEY)"
+        )
 
 
 class BodyLimitMiddleware:
@@ -63,7 +56,9 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(scope, send, 413, f"request body larger than {self.limit} bytes")
+            return await _send_error(
+                scope, receive, send, 413, f"request body larger than {self.limit} bytes"
+            )
         received = 0
         rejected = False
 
@@ -75,7 +70,7 @@ class BodyLimitMiddleware:
             received += len(message.get("body", b""))
             if received > self.limit:  # a body without (or lying about) content-length
                 rejected = True
-                await _send_error(scope, send, 413, f"request body larger than {self.limit} bytes")
+                await _send_error(scope, receive, send, 413, f"request body larger than {self.limit} bytes")
                 return {"type": "http.disconnect"}
             return message
 

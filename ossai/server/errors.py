@@ -44,7 +44,7 @@ def error_response(
 ) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     body = {"error": message} if is_ollama(path) else error_body(status, message, param, code)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)  # also an ASGI app, for middlewares
 
 
 def _location(loc: tuple) -> str | None:

@@ -50,7 +50,10 @@ def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
 
 def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, kernels):
     engine = Engine.load(tiny)
-    assert all(m.mxfp4_linear is kernels.mxfp4_linear for m in engine.model.mlp)
+    experts = engine.model.mlp[0].mxfp4_linear
+    assert experts is not transformer.mxfp4_linear and all(
+        m.mxfp4_linear is experts for m in engine.model.mlp
+    )
     assert engine.model.dense is not layers.linear and all(
         a.dense is engine.model.dense for a in engine.model.attn
     )
