@@ -263,18 +263,39 @@ def bench(
 
 @app.command()
 def serve(
-    model: ModelArg,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="checkpoint directory or store name to serve alone, loaded now and kept; "
+            "omit it to serve every model in the store, each loaded on its first request"
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="address to bind; loopback by default")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     api_key: Annotated[
         list[str] | None, typer.Option("--api-key", help="require Authorization: Bearer KEY (repeatable)")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="model name clients use (default: the directory name)")
+        str | None, typer.Option(help="the name clients use for MODEL (default: its directory name)")
     ] = None,
-    kv_cache_mb: Annotated[float | None, typer.Option(help="KV cache size (default: 10% of RAM)")] = None,
+    keep_alive: Annotated[
+        str,
+        typer.Option(
+            help="without MODEL: how long a model stays loaded after its last request "
+            "(30s, 5m, 1h; 0 = unload at once, -1 = forever); requests may set their own keep_alive"
+        ),
+    ] = "5m",
+    max_loaded_models: Annotated[
+        int,
+        typer.Option(
+            help="without MODEL: models loaded at once at most; the least recently used idle one makes room"
+        ),
+    ] = 3,
+    kv_cache_mb: Annotated[
+        float | None, typer.Option(help="KV cache size per model (default: 10% of RAM)")
+    ] = None,
     max_concurrency: Annotated[
-        int, typer.Option(help="requests generated at once; more wait in a queue")
+        int, typer.Option(help="requests generated at once per model; more wait in a queue")
     ] = 32,
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="allowed CORS origin (repeatable, or *)")
@@ -284,7 +305,13 @@ def serve(
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Serve a model over HTTP: OpenAI API under /v1, Ollama API under /api, /metrics, /health."""
+    """Serve models over HTTP: OpenAI API under /v1, Ollama API under /api, /metrics, /health.
+
+    With MODEL, that model alone is served, loaded before the server listens. Without it, the store is
+    served (`ossai list`): a request loads the model it names, which is unloaded after --keep-alive idle
+    (or the request's keep_alive), and POST /api/pull and DELETE /api/delete manage the store.
+    `ossai ps` lists what running servers have loaded.
+    """
     import logging as _logging
     import signal
     from pathlib import Path
@@ -295,33 +322,49 @@ def serve(
     from ossai.engine import Engine, EngineConfig
     from ossai.server.app import create_app
     from ossai.server.context import ServerConfig
-    from ossai.store import resources
+    from ossai.server.pool import ModelPool, parse_keep_alive
+    from ossai.store import list_models, resources, servers
 
     keys = tuple(api_key or ()) + settings.api_keys()
     if host not in ("127.0.0.1", "localhost", "::1") and not keys:
         typer.echo(
             f"warning: listening on {host} without an API key: anyone who can reach it can use it", err=True
         )
-    checkpoint = _resolve(model)
-    plan = resources.plan(checkpoint, device=device, kv_cache_mb=kv_cache_mb)  # refuses what cannot fit
-    typer.echo(f"ossai: plan: {plan.summary()}", err=True)
+    url = f"http://{host}:{port}"
+
+    def publish(loaded: list[dict]) -> None:
+        servers.publish(url, loaded)
+
     config = EngineConfig(
-        device=plan.device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
+        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
     )
-    engine = Engine.load(checkpoint, config=config)
-    served = name or (model if not Path(model).is_dir() else Path(model).resolve().name)
+    engine = None
+    if model is not None:
+        checkpoint = _resolve(model)
+        plan = resources.plan(checkpoint, device=device, kv_cache_mb=kv_cache_mb)  # refuses what cannot fit
+        typer.echo(f"ossai: plan: {plan.summary()}", err=True)
+        config.device = plan.device
+        engine = Engine.load(checkpoint, config=config)
+        served = name or (model if not Path(model).is_dir() else Path(model).resolve().name)
+        pool = ModelPool.fixed(served, engine, needed_bytes=plan.needed_bytes, on_change=publish)
+        what = served
+    else:
+        if name is not None:
+            raise BadRequest("--name names the MODEL argument; without MODEL, models keep their store names")
+        seconds = parse_keep_alive(keep_alive, None)
+        pool = ModelPool(config, keep_alive=seconds, max_loaded=max_loaded_models, on_change=publish)
+        names = [m.name for m in list_models()]
+        what = f"the store ({', '.join(names) or 'empty: POST /api/pull or `ossai pull`'})"
     server_config = ServerConfig(
-        model_name=served,
+        model_name=pool.default_name,
         home=settings.home(),
         api_keys=keys,
         cors_origins=tuple(cors_origin or ()),
         max_body_bytes=int(max_body_mb * 2**20),
     )
-    app_ = create_app(engine, server_config)
+    app_ = create_app(pool, server_config)
     _logging.getLogger("ossai").info("settings: %s", settings.as_dict())
-    typer.echo(
-        f"ossai: serving {served} on http://{host}:{port} (OpenAI API at /v1, Ollama API at /api)", err=True
-    )
+    typer.echo(f"ossai: serving {what} on {url} (OpenAI API at /v1, Ollama API at /api)", err=True)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -332,10 +375,13 @@ def serve(
     config_ = uvicorn.Config(
         app_, host=host, port=port, timeout_graceful_shutdown=grace_period, log_level="warning"
     )
+    pool.publish()
     try:
         Server(config_).run()
     finally:
-        engine.close()
+        servers.withdraw()
+        if engine is not None:
+            engine.close()
 
 
 # -- the model store ----------------------------------------------------------------------------------
@@ -382,7 +428,7 @@ class _PullProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def start(self, path: str, total: int, done: int) -> None:
+    def start(self, path: str, total: int, done: int, sha256: str | None = None) -> None:
         self.started = time.perf_counter()
         self.fetched = 0
         if self.bar is not None:
@@ -505,19 +551,68 @@ def rm(
     name: Annotated[str, typer.Argument(help="store name")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Remove a model from the store (a linked import's own directory is left alone)."""
+    """Remove a model from the store (a linked import's own directory is left alone).
+
+    Refused while a running `ossai serve` has the model loaded (see `ossai ps`)."""
     from ossai.errors import ModelLoadError
-    from ossai.store import get, remove
+    from ossai.store import get, remove, servers
 
     try:
         found = get(name)
         what = f"{found.name} ({found.size / 1e9:.2f} GB)"
     except ModelLoadError:
         what = f"{name} (damaged manifest)"
+    else:
+        servers.check_unused(found.name, found.directory, ignore_self=False)
     if not yes and not typer.confirm(f"remove {what}?"):
         raise typer.Exit(1)
     manifest = remove(name)
     typer.echo(f"removed {manifest.name}")
+
+
+@app.command()
+def ps(as_json: JsonOpt = False) -> None:
+    """List the models that running ossai servers have loaded, with device, memory and expiry."""
+    from ossai.store import servers
+
+    records = servers.running()
+    rows = [{"server": r.get("url"), "pid": r["pid"], **m} for r in records for m in r.get("models", [])]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not records:
+        typer.echo("no ossai server is running (start one with `ossai serve`)", err=True)
+        return
+    if not rows:
+        urls = ", ".join(str(r.get("url")) for r in records)
+        typer.echo(f"no models loaded (server(s) running at {urls}); a request loads one", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, box=None)
+    for column in ("name", "memory", "device", "context", "until", "server"):
+        table.add_column(column, justify="right" if column in ("memory", "context") else "left")
+    for row in rows:
+        memory = row.get("memory_bytes") or row.get("size") or 0
+        table.add_row(row["name"], f"{memory / 1e9:.2f} GB", row["device"], str(row["context_length"]),
+                      _until(row), str(row["server"]))  # fmt: skip
+    Console().print(table)
+
+
+def _until(row: dict) -> str:
+    """When a loaded model will be unloaded, as `ollama ps` says it."""
+    if row.get("requests"):
+        return f"in use ({row['requests']} request(s))"
+    expires = row.get("expires_at")
+    if expires is None:
+        return "forever"
+    left = max(0.0, expires - time.time())
+    for unit, seconds in (("hour", 3600), ("minute", 60)):
+        if left >= seconds:
+            count = round(left / seconds)
+            return f"in {count} {unit}{'s' if count != 1 else ''}"
+    return f"in {round(left)} seconds"
 
 
 def main() -> None:

@@ -28,6 +28,13 @@ class NotFound(OssaiError):
     code = "not_found"
 
 
+class Conflict(OssaiError):
+    """The request is fine but the state does not allow it now (a model in use cannot be removed)."""
+
+    status = 409
+    code = "conflict"
+
+
 class Busy(OssaiError):
     status = 503
     code = "busy"

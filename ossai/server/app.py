@@ -1,12 +1,15 @@
-"""`create_app(engine, config)`: the FastAPI app behind `ossai serve`.
+"""`create_app(engine_or_pool, config)`: the FastAPI app behind `ossai serve`.
 
 Pure-ASGI middlewares, outermost first: request counting (by route and status, for /metrics), the body
-size limit (413), API-key auth (401 on every API route but /health) and CORS.
+size limit (413), API-key auth (401 on every API route but /health), CORS, and the model leases (a
+request's model stays loaded until its response has been sent).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -18,6 +21,7 @@ from ossai.engine import Engine
 from ossai.server import errors, ollama, openai, responses
 from ossai.server.context import ServerConfig, ServerContext, context
 from ossai.server.metrics import Metrics
+from ossai.server.pool import LeaseMiddleware, ModelPool
 
 PROTECTED = ("/v1", "/api", "/metrics")
 
@@ -109,13 +113,27 @@ class CountingMiddleware:
             self.metrics.requests.labels(endpoint, str(status)).inc()
 
 
-def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+def create_app(served: Engine | ModelPool, config: ServerConfig) -> FastAPI:
+    """The app over a pool of models, or over one engine (pinned as `config.model_name`)."""
+    if isinstance(served, Engine):
+        if not config.model_name:
+            raise ValueError("a single engine needs ServerConfig.model_name")
+        served = ModelPool.fixed(config.model_name, served)
+    pool = served
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await pool.close()  # unload what was loaded on demand; a pinned engine is its caller's
+
     app = FastAPI(
-        title="ossai", version=__version__, description="OpenAI- and Ollama-compatible gpt-oss server"
+        title="ossai",
+        version=__version__,
+        description="OpenAI- and Ollama-compatible gpt-oss server",
+        lifespan=lifespan,
     )
-    metrics = Metrics(engine)
-    metrics.info.labels(config.model_name).set(1)
-    app.state.ctx = ServerContext(engine, config, metrics)
+    metrics = Metrics(pool)
+    app.state.ctx = ServerContext(pool, config, metrics)
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(responses.router)
@@ -123,13 +141,14 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> dict:
-        ctx = context(request)
-        return {"status": "ok", "model": ctx.model_name, "version": __version__}
+        loaded = [m.name for m in pool.loaded()]
+        return {"status": "ok", "model": pool.default_name, "loaded": loaded, "version": __version__}
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(LeaseMiddleware, pool=pool)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

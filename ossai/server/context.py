@@ -1,4 +1,4 @@
-"""What the routes share: the engine, the served model's names, metrics, settings."""
+"""What the routes share: the model pool, metrics, settings."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from pathlib import Path
 
 from fastapi import Request
 
-from ossai.engine import Engine
-from ossai.errors import NotFound
 from ossai.server.metrics import Metrics
+from ossai.server.pool import Loaded, ModelPool, leases_of
 
 
 @dataclass(slots=True)
 class ServerConfig:
-    model_name: str
+    model_name: str | None  # the pinned model's name; None serves the store
     home: Path  # OSSAI_HOME: the SQLite store of stateful responses lives here
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -24,20 +23,16 @@ class ServerConfig:
 
 @dataclass
 class ServerContext:
-    engine: Engine
+    pool: ModelPool
     config: ServerConfig
     metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))
 
-    @property
-    def model_name(self) -> str:
-        return self.config.model_name
-
-    def check_model(self, name: str) -> None:
-        if name != self.config.model_name:
-            raise NotFound(
-                f"model {name!r} not found; this server serves {self.config.model_name!r}", "model"
-            )
+    async def use(self, request: Request, name: str, keep_alive: float | str | None = None) -> Loaded:
+        """The model a request names, loaded and leased until its response has been sent."""
+        model = await self.pool.acquire(name, keep_alive)
+        leases_of(request.scope).append(model)
+        return model
 
 
 def context(request: Request) -> ServerContext:

@@ -5,37 +5,49 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from ossai.engine import Engine
+from ossai.server.pool import ModelPool
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class _EngineCollector:
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    """Engine gauges per loaded model, read at scrape time."""
+
+    def __init__(self, pool: ModelPool):
+        self.pool = pool
 
     def collect(self):
-        s = self.engine.stats()
-        for name, help_text, value in (
-            ("ossai_requests_running", "Requests being generated", s.running),
-            ("ossai_requests_waiting", "Requests queued", s.waiting),
-            ("ossai_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", s.kv_usage),
+        loaded = self.pool.engines()
+        yield GaugeMetricFamily("ossai_models_loaded", "Models loaded in memory", value=len(loaded))
+        info = GaugeMetricFamily("ossai_model_info", "A loaded model", labels=["model"])
+        families = [
+            ("ossai_requests_running", "Requests being generated", lambda s: s.running),
+            ("ossai_requests_waiting", "Requests queued", lambda s: s.waiting),
+            ("ossai_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", lambda s: s.kv_usage),
             (
                 "ossai_prefix_cache_hit_ratio",
                 "Prompt tokens served from the prefix cache / prompt tokens",
-                s.prefix_hit_rate,
+                lambda s: s.prefix_hit_rate,
             ),
-            ("ossai_preemptions", "Requests preempted for lack of KV cache", s.preemptions),
-        ):
-            yield GaugeMetricFamily(name, help_text, value=value)
+            ("ossai_preemptions", "Requests preempted for lack of KV cache", lambda s: s.preemptions),
+        ]
+        gauges = [(GaugeMetricFamily(n, h, labels=["model"]), read) for n, h, read in families]
+        for name, engine in loaded:
+            stats = engine.stats()
+            info.add_metric([name], 1)
+            for gauge, read in gauges:
+                gauge.add_metric([name], read(stats))
+        yield info
+        for gauge, _ in gauges:
+            yield gauge
 
 
 class Metrics:
-    def __init__(self, engine: Engine):
+    def __init__(self, pool: ModelPool):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ossai_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
@@ -50,8 +62,7 @@ class Metrics:
         self.e2e = Histogram(
             "ossai_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.info = Gauge("ossai_model_info", "The served model", ["model"], registry=r)
-        r.register(_EngineCollector(engine))
+        r.register(_EngineCollector(pool))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

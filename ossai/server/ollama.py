@@ -1,4 +1,4 @@
-"""Ollama-compatible routes under /api: chat, generate, tags, show, ps, version.
+"""Ollama-compatible routes under /api: chat, generate, tags, show, ps, pull, delete, version.
 
 Many local tools (Open WebUI, editors, agents, the `ollama` client libraries) speak only Ollama's API. Chat
 and non-raw generate are translated into a `generation.ChatRequest` and run on the one generation path;
@@ -14,12 +14,18 @@ Where ossai differs from Ollama, on purpose:
   prompt"), and raw generation stops at `<|return|>` / `<|call|>`; /v1/completions does neither.
 - `num_predict` larger than the room left in the context is clipped to it; a prompt that does not fit is
   a 400 (Ollama truncates the prompt). `format`, `suffix`, `template` and images are a 400.
-- The model is loaded once by `ossai serve`: `keep_alive` is accepted and ignored, load_duration is 0,
-  and no `context` is returned. Names match with or without the `:latest` tag.
+- `keep_alive` works as in Ollama when the server serves the store (`ossai serve` with no MODEL); a
+  model named on the command line stays loaded. No `context` is returned. Names match with or without
+  the `:latest` tag.
+- /api/pull fetches from the Hugging Face Hub (`gpt-oss:20b` or `owner/repo[@revision]`, one layout,
+  `layout: "hf"` as an extension) and reports each file as a "layer" (`digest` is its sha256); a client
+  that closes a streamed pull stops it, and pulling again resumes it. /api/delete refuses a model that a
+  request or another ossai server is using (409).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -30,18 +36,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ossai import __version__, harmony
-from ossai.config import RMS_NORM_EPS, SamplingParams
+from ossai.config import RMS_NORM_EPS, ModelConfig, SamplingParams
+from ossai.engine import Engine, TokenLogprob
 from ossai.engine import Request as EngineRequest
-from ossai.engine import TokenLogprob
-from ossai.errors import ContextLengthError
+from ossai.errors import Conflict, ContextLengthError
+from ossai.model.weights import Checkpoint
 from ossai.server import generation as gen
 from ossai.server import ollama_types as wire
 from ossai.server.context import ServerContext, context
 from ossai.server.metrics import RequestTimer
+from ossai.server.pool import Entry, parse_keep_alive
 from ossai.server.streaming import ndjson, until_disconnect
+from ossai.store import hub, servers
+from ossai.store import models as store
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
@@ -49,18 +60,13 @@ router = APIRouter(prefix="/api")
 ARCH = "gptoss"  # Ollama's name for the architecture; clients read model_info[f"{ARCH}.context_length"]
 NDJSON = "application/x-ndjson"
 NEVER = "2318-08-01T00:00:00Z"  # the `expires_at` Ollama reports for a model kept loaded forever
+PULL_PROGRESS_S = 0.1  # at most one progress line per this many seconds of a file's download
 
 Piece = Callable[..., dict[str, Any]]  # (content, thinking, tool_calls) -> the message part of a chunk
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _check_model(ctx: ServerContext, name: str) -> None:
-    """Ollama names carry a tag; `gpt-oss` and `gpt-oss:latest` are the same model."""
-    if name.removesuffix(":latest") != ctx.model_name.removesuffix(":latest"):
-        ctx.check_model(name)
 
 
 class _Clock:
@@ -70,6 +76,7 @@ class _Clock:
         self.timer = RequestTimer(ctx.metrics)
         self.start = time.perf_counter_ns()
         self.first: int | None = None  # when the first token came: the end of the prompt's evaluation
+        self.load = 0  # nanoseconds spent loading the model for this request
 
     def token(self) -> None:
         if self.first is None:
@@ -85,7 +92,7 @@ class _Clock:
         return {
             "done_reason": "length" if done_reason == "length" else "stop",
             "total_duration": end - self.start,
-            "load_duration": 0,
+            "load_duration": self.load,
             "prompt_eval_count": usage.prompt_tokens,
             "prompt_eval_duration": first - self.start,
             "eval_count": usage.completion_tokens,
@@ -136,14 +143,22 @@ def _generate_piece(content: str, thinking: str | None = None, calls: list | Non
     return out
 
 
-def _loaded(ctx: ServerContext, piece: Piece, keep_alive: float | str | None) -> dict[str, Any]:
-    """Ollama's answer to a request with nothing to generate: it loads (or, keep_alive 0, unloads)."""
-    unload = str(keep_alive).strip() in ("0", "0.0", "0s", "0m", "0h")
-    reason = "unload" if unload else "load"
-    return {"model": ctx.model_name, "created_at": _now(), **piece(""), "done": True, "done_reason": reason}
+async def _loaded(
+    ctx: ServerContext, request: Request, body: wire.ChatRequest | wire.GenerateRequest, piece: Piece
+) -> dict[str, Any]:
+    """Ollama's answer to a request with nothing to generate: it loads the model, or with keep_alive 0
+    unloads it (a pinned model stays)."""
+    if parse_keep_alive(body.keep_alive, None) == 0:
+        name = ctx.pool.resolve(body.model)
+        await ctx.pool.unload(name, when_idle=True)
+        reason = "unload"
+    else:
+        name = (await ctx.use(request, body.model, body.keep_alive)).name
+        reason = "load"
+    return {"model": name, "created_at": _now(), **piece(""), "done": True, "done_reason": reason}
 
 
-def _chat_request(ctx: ServerContext, body: wire.ChatRequest | wire.GenerateRequest) -> gen.ChatRequest:
+def _chat_request(engine: Engine, body: wire.ChatRequest | wire.GenerateRequest) -> gen.ChatRequest:
     effort, _ = body.reasoning()
     tools = (body.tools or None) if isinstance(body, wire.ChatRequest) else None
     chat = gen.ChatRequest(
@@ -152,7 +167,7 @@ def _chat_request(ctx: ServerContext, body: wire.ChatRequest | wire.GenerateRequ
     limit = body.options.max_tokens
     if limit is not None:  # Ollama never refuses num_predict: clip it to the room left in the context
         prompt, _ = gen.render(chat)
-        chat.max_tokens = max(1, min(limit, ctx.engine.max_model_len - len(prompt)))
+        chat.max_tokens = max(1, min(limit, engine.max_model_len - len(prompt)))
     return chat
 
 
@@ -166,11 +181,14 @@ async def _run_chat(
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
     clock = _Clock(ctx)
-    events = await gen.start_chat(ctx.engine, _chat_request(ctx, body), clock, request_id)
+    model = await ctx.use(request, body.model, body.keep_alive)
+    clock.load = time.perf_counter_ns() - clock.start
+    engine = model.engine
+    events = await gen.start_chat(engine, _chat_request(engine, body), clock, request_id)
     with_calls = isinstance(body, wire.ChatRequest)
 
     def head() -> dict[str, Any]:
-        return {"model": ctx.model_name, "created_at": _now()}
+        return {"model": model.name, "created_at": _now()}
 
     if body.stream:
 
@@ -200,7 +218,7 @@ async def _run_chat(
                 return event, lps
         raise RuntimeError("generation ended without a result")
 
-    done, lps = await until_disconnect(request, collect(), ctx.engine, request_id)
+    done, lps = await until_disconnect(request, collect(), engine, request_id)
     calls = _tool_calls(done.tool_calls) if with_calls else None
     out = {**head(), **piece(done.content, done.reasoning if show_thinking else None, calls), "done": True}
     out |= clock.stats(done.finish_reason, done.usage)
@@ -212,19 +230,17 @@ async def _run_chat(
 @router.post("/chat")
 async def chat(body: wire.ChatRequest, request: Request):
     ctx = context(request)
-    _check_model(ctx, body.model)
     if not body.messages:
-        return _loaded(ctx, _chat_piece, body.keep_alive)
+        return await _loaded(ctx, request, body, _chat_piece)
     return await _run_chat(ctx, request, body, _chat_piece)
 
 
 @router.post("/generate")
 async def generate(body: wire.GenerateRequest, request: Request):
     ctx = context(request)
-    _check_model(ctx, body.model)
     body.check_supported()
     if not body.prompt and not (body.system and not body.raw):
-        return _loaded(ctx, _generate_piece, body.keep_alive)
+        return await _loaded(ctx, request, body, _generate_piece)
     if body.raw:
         return await _raw_generate(ctx, request, body)
     return await _run_chat(ctx, request, body, _generate_piece)
@@ -235,21 +251,24 @@ async def _raw_generate(
 ) -> StreamingResponse | dict[str, Any]:
     """The prompt as the model's whole input (harmony special tokens recognised), no parsing of the
     output: a plain completion that ends at an assistant stop token, num_predict or a stop string."""
+    clock = _Clock(ctx)
+    model = await ctx.use(request, body.model, body.keep_alive)
+    clock.load = time.perf_counter_ns() - clock.start
+    engine = model.engine
     ids = harmony.load_encoding().encode(body.prompt, allowed_special="all")
-    room = ctx.engine.max_model_len - len(ids)
+    room = engine.max_model_len - len(ids)
     if room < 1:
         raise ContextLengthError(
-            f"the prompt ({len(ids)} tokens) fills the context of {ctx.engine.max_model_len} tokens", "prompt"
+            f"the prompt ({len(ids)} tokens) fills the context of {engine.max_model_len} tokens", "prompt"
         )
     limit = body.options.max_tokens
     params = SamplingParams(max_tokens=room if limit is None else min(limit, room), **body.sampling())
     params.stop_token_ids = frozenset(params.stop_token_ids | set(harmony.STOP_TOKENS))
     request_id = f"ollama-{uuid.uuid4().hex}"
-    clock = _Clock(ctx)
-    stream = ctx.engine.submit(EngineRequest(ids, params, request_id))
+    stream = engine.submit(EngineRequest(ids, params, request_id))
 
     def head() -> dict[str, Any]:
-        return {"model": ctx.model_name, "created_at": _now()}
+        return {"model": model.name, "created_at": _now()}
 
     async def pieces() -> AsyncIterator[tuple[str, list[TokenLogprob], str | None, gen.Usage]]:
         async for out in stream:
@@ -284,26 +303,18 @@ async def _raw_generate(
             finish, usage = end or finish, latest
         return "".join(texts), all_lps, finish, usage
 
-    text, lps, finish, usage = await until_disconnect(request, collect(), ctx.engine, request_id)
+    text, lps, finish, usage = await until_disconnect(request, collect(), engine, request_id)
     out = {**head(), "response": text, "done": True, **clock.stats(finish, usage)}
     if body.logprobs:
         out["logprobs"] = _logprobs(lps)
     return out
 
 
-# --- the model: list, show, ps, version -----------------------------------------------------------------
+# --- the models: list, show, ps, pull, delete, version ----------------------------------------------------
 
 
-def _size(ctx: ServerContext) -> int:
-    checkpoint = ctx.engine.checkpoint
-    return checkpoint.size_bytes if checkpoint is not None else 0
-
-
-def _modified_at(ctx: ServerContext) -> str:
-    checkpoint = ctx.engine.checkpoint
-    stamp = max((f.stat().st_mtime for f in checkpoint.files), default=None) if checkpoint else None
-    moment = dt.datetime.fromtimestamp(stamp if stamp is not None else ctx.started, dt.UTC)
-    return moment.isoformat().replace("+00:00", "Z")
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _human(count: int) -> str:
@@ -314,31 +325,30 @@ def _human(count: int) -> str:
     return str(count)
 
 
-def _details(ctx: ServerContext) -> dict[str, Any]:
+def _details(config: ModelConfig) -> dict[str, Any]:
     return {
         "parent_model": "",
         "format": "safetensors",
         "family": ARCH,
         "families": [ARCH],
-        "parameter_size": _human(ctx.engine.config.param_count()),
+        "parameter_size": _human(config.param_count()),
         "quantization_level": "MXFP4",
     }
 
 
-def _card(ctx: ServerContext) -> dict[str, Any]:
-    size = _size(ctx)
-    digest = hashlib.sha256(f"{ctx.model_name}:{size}".encode()).hexdigest()
-    return {"name": ctx.model_name, "model": ctx.model_name, "modified_at": _modified_at(ctx),
-            "size": size, "digest": digest, "details": _details(ctx)}  # fmt: skip
+def _card(entry: Entry) -> dict[str, Any]:
+    digest = hashlib.sha256(f"{entry.name}:{entry.size}".encode()).hexdigest()
+    return {"name": entry.name, "model": entry.name, "modified_at": _iso(entry.modified),
+            "size": entry.size, "digest": digest, "details": _details(entry.config)}  # fmt: skip
 
 
 @router.get("/tags")
 async def tags(request: Request) -> dict:
-    return {"models": [_card(context(request))]}
+    entries = await run_in_threadpool(context(request).pool.entries)
+    return {"models": [_card(e) for e in entries]}
 
 
-def _model_info(ctx: ServerContext) -> dict[str, Any]:
-    c = ctx.engine.config
+def _model_info(c: ModelConfig) -> dict[str, Any]:
     info: dict[str, Any] = {"general.architecture": ARCH, "general.parameter_count": c.param_count()}
     for key, value in (
         ("context_length", c.max_context),
@@ -363,33 +373,124 @@ def _model_info(ctx: ServerContext) -> dict[str, Any]:
 
 @router.post("/show")
 async def show(body: wire.ShowRequest, request: Request) -> dict:
-    ctx = context(request)
-    _check_model(ctx, body.model_name)
-    checkpoint = ctx.engine.checkpoint
-    parameters = f"temperature 1\nnum_ctx {ctx.engine.max_model_len}"
-    source = str(checkpoint.root) if checkpoint is not None else ctx.model_name
+    pool = context(request).pool
+    entry = await run_in_threadpool(pool.entry, body.model_name)
+    loaded = next((m for m in pool.loaded() if m.name == entry.name), None)
+    context_length = loaded.engine.max_model_len if loaded is not None else entry.config.max_context
+    parameters = f"temperature 1\nnum_ctx {context_length}"
     return {
         "license": "Apache-2.0",
-        "modelfile": f"# served by ossai {__version__}\nFROM {source}\nPARAMETER "
+        "modelfile": f"# served by ossai {__version__}\nFROM {entry.directory}\nPARAMETER "
         + parameters.replace("\n", "\nPARAMETER "),
         "parameters": parameters,
         "template": "harmony (rendered by ossai.harmony; raw=true on /api/generate takes a full prompt)",
-        "details": _details(ctx),
-        "model_info": _model_info(ctx),
+        "details": _details(entry.config),
+        "model_info": _model_info(entry.config),
         "capabilities": ["completion", "tools", "thinking"],
-        "modified_at": _modified_at(ctx),
+        "modified_at": _iso(entry.modified),
     }
 
 
 @router.get("/ps")
 async def ps(request: Request) -> dict:
-    ctx = context(request)
-    card = _card(ctx)
-    del card["modified_at"]
-    on_gpu = ctx.engine.device.type != "cpu"
-    card |= {"expires_at": NEVER, "size_vram": card["size"] if on_gpu else 0,
-             "context_length": ctx.engine.max_model_len}  # fmt: skip
-    return {"models": [card]}
+    cards = []
+    for model in context(request).pool.loaded():
+        card = _card(model.entry)
+        del card["modified_at"]
+        status = model.to_json()
+        expires = NEVER if status["expires_at"] is None else _iso(status["expires_at"])
+        card |= {"expires_at": expires, "size_vram": status["size_vram"],
+                 "context_length": status["context_length"], "device": model.device}  # fmt: skip
+        cards.append(card)
+    return {"models": cards}
+
+
+@router.delete("/delete")
+async def delete(body: wire.ModelRequest, request: Request) -> Response:
+    """Remove a model from the store, unloading it first if it is idle (Ollama: 200, empty body)."""
+    pool = context(request).pool
+    manifest = await run_in_threadpool(store.get, pool.store_name(body.model_name))
+    if pool.pinned is not None and servers.holds(pool.pinned.entry.directory, "", manifest.directory):
+        raise Conflict(f"{manifest.name} is the model this server was started with; it cannot be deleted")
+    if pool.is_loaded(manifest.name):
+        await pool.unload(manifest.name)  # a model in use: 409
+    await run_in_threadpool(servers.check_unused, manifest.name, manifest.directory)
+    await run_in_threadpool(store.remove, manifest.name)
+    return Response(status_code=200)
+
+
+class _PullProgress:
+    """hub.pull's progress (called in its thread) as Ollama's NDJSON statuses on an asyncio queue.
+
+    Setting `cancelled` stops the download at its next chunk, leaving the partial file to resume."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict[str, Any] | None]):
+        self.loop, self.queue = loop, queue
+        self.cancelled = False
+        self.status: dict[str, Any] = {}
+        self.sent = 0.0
+
+    def emit(self, status: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, status)
+
+    def start(self, path: str, total: int, done: int, sha256: str | None = None) -> None:
+        digest = f"sha256:{sha256}" if sha256 else path
+        self.status = {"status": f"pulling {path}", "digest": digest, "total": total, "completed": done}
+        self.emit(dict(self.status))
+
+    def advance(self, nbytes: int) -> None:
+        if self.cancelled:
+            raise PullCancelled("the client went away")
+        self.status["completed"] += nbytes
+        now = time.monotonic()
+        if now - self.sent >= PULL_PROGRESS_S:  # a status per chunk would be thousands a second
+            self.sent = now
+            self.emit(dict(self.status))
+
+    def finish(self, path: str) -> None:
+        self.emit(dict(self.status))
+        self.emit({"status": "verifying sha256 digest", "digest": self.status.get("digest", path)})
+
+
+class PullCancelled(Exception):
+    pass
+
+
+@router.post("/pull")
+async def pull(body: wire.PullRequest, request: Request):
+    """Download a model into the store (as `ossai pull`), with Ollama's NDJSON progress."""
+    name = body.model_name
+    hub.parse_ref(name)  # a bad name is a 400 before any streaming starts
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    progress = _PullProgress(loop, queue)
+
+    def run() -> None:
+        try:
+            manifest = hub.pull(name, layout=body.layout, validate=Checkpoint.open, progress=progress)
+            progress.emit({"status": "writing manifest"})
+            progress.emit({"status": "success", "model": manifest.name})
+        finally:
+            progress.emit(None)
+
+    progress.emit({"status": "pulling manifest"})
+    task = asyncio.ensure_future(asyncio.to_thread(run))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a cancelled pull's error is expected
+
+    async def statuses() -> AsyncIterator[dict]:
+        try:
+            while (status := await queue.get()) is not None:
+                yield status
+            await task  # raises what the pull raised: ndjson() turns it into an {"error"} line
+        finally:
+            progress.cancelled = True  # the client left (or the stream ended): stop downloading
+
+    if body.stream:
+        return StreamingResponse(ndjson(statuses()), media_type=NDJSON)
+    last: dict[str, Any] = {}
+    async for status in statuses():  # a client that leaves does not stop a pull it did not stream
+        last = status
+    return last
 
 
 @router.get("/version")

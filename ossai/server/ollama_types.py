@@ -234,14 +234,13 @@ class GenerateRequest(_Generation):
         return [*system, {"role": "user", "content": self.prompt}]
 
 
-class ShowRequest(BaseModel):
-    """POST /api/show (`model`, or `name` as older clients send it)."""
+class ModelRequest(BaseModel):
+    """A request naming a model: `model`, or `name` as older clients send it."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     name: str | None = None
-    verbose: bool = False
 
     @property
     def model_name(self) -> str:
@@ -249,3 +248,17 @@ class ShowRequest(BaseModel):
         if not name:
             raise BadRequest("model is required", param="model")
         return name
+
+
+class ShowRequest(ModelRequest):
+    """POST /api/show."""
+
+    verbose: bool = False
+
+
+class PullRequest(ModelRequest):
+    """POST /api/pull; `layout` is ossai's: which checkpoint layout to fetch (original or hf)."""
+
+    stream: bool = True
+    insecure: bool = False  # accepted; the hub is always reached over HTTPS (or HF_ENDPOINT)
+    layout: Literal["original", "hf"] = "original"

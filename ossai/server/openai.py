@@ -23,29 +23,29 @@ from ossai.engine import Request as EngineRequest
 from ossai.engine import TokenLogprob
 from ossai.errors import BadRequest, ContextLengthError
 from ossai.server import generation as gen
-from ossai.server.context import ServerContext, context
+from ossai.server.context import context
 from ossai.server.metrics import RequestTimer
 from ossai.server.openai_types import ChatCompletionRequest, CompletionRequest
+from ossai.server.pool import Entry
 from ossai.server.streaming import final_event, sse, until_disconnect
 
 router = APIRouter(prefix="/v1")
 EOS_TOKENS = (199999, 200002, 200012)  # <|endoftext|>, <|return|>, <|call|>: gpt-oss's generation_config
 
 
-def _model_card(ctx: ServerContext) -> dict:
-    return {"id": ctx.model_name, "object": "model", "created": ctx.started, "owned_by": "ossai"}
+def _model_card(entry: Entry) -> dict:
+    return {"id": entry.name, "object": "model", "created": int(entry.modified), "owned_by": "ossai"}
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict:
-    return {"object": "list", "data": [_model_card(context(request))]}
+    entries = await run_in_threadpool(context(request).pool.entries)
+    return {"object": "list", "data": [_model_card(e) for e in entries]}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
-    ctx = context(request)
-    ctx.check_model(model_id)
-    return _model_card(ctx)
+    return _model_card(await run_in_threadpool(context(request).pool.entry, model_id))
 
 
 def _logprob_entry(lp: TokenLogprob) -> dict:
@@ -77,7 +77,7 @@ def _tool_call(call: gen.ToolCall) -> dict:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     ctx = context(request)
-    ctx.check_model(body.model)
+    model = await ctx.use(request, body.model)
     sampling = body.sampling()
     if body.logprobs:
         sampling |= {"logprobs": True, "top_logprobs": body.top_logprobs or 0}
@@ -90,18 +90,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    events = await gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
+    events = await gen.start_chat(model.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
-            sse(
-                _chat_chunks(
-                    events, completion_id, created, ctx.model_name, body.include_usage, body.logprobs
-                )
-            ),
+            sse(_chat_chunks(events, completion_id, created, model.name, body.include_usage, body.logprobs)),
             media_type="text/event-stream",
         )
-    done = await until_disconnect(request, final_event(events), ctx.engine, completion_id)
+    done = await until_disconnect(request, final_event(events), model.engine, completion_id)
     message: dict[str, Any] = {"role": "assistant", "content": done.content or None}
     if done.reasoning:
         message["reasoning_content"] = message["reasoning"] = done.reasoning
@@ -119,7 +115,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
-        "model": ctx.model_name,
+        "model": model.name,
         "choices": [choice],
         "usage": _usage(done.usage),
     }
@@ -168,7 +164,8 @@ async def _chat_chunks(
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     ctx = context(request)
-    ctx.check_model(body.model)
+    model = await ctx.use(request, body.model)
+    engine = model.engine
     if body.echo or body.suffix:
         raise BadRequest("echo and suffix are not supported", param="echo" if body.echo else "suffix")
     prompt = body.prompt
@@ -182,11 +179,11 @@ async def completions(body: CompletionRequest, request: Request):
         ids = list(prompt)  # type: ignore[arg-type]
     if not ids:
         raise BadRequest("the prompt is empty", param="prompt")
-    room = ctx.engine.max_model_len - len(ids)
+    room = engine.max_model_len - len(ids)
     max_tokens = body.max_tokens if body.max_tokens is not None else room
     if room < 1:
         raise ContextLengthError(
-            f"the prompt ({len(ids)} tokens) fills the context of {ctx.engine.max_model_len}"
+            f"the prompt ({len(ids)} tokens) fills the context of {engine.max_model_len}"
         )
     sampling = body.sampling()
     if body.logprobs:
@@ -195,7 +192,7 @@ async def completions(body: CompletionRequest, request: Request):
         sampling["stop_token_ids"] = frozenset(EOS_TOKENS)
     params = SamplingParams(max_tokens=max_tokens, **sampling)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
-    stream = ctx.engine.submit(EngineRequest(ids, params, completion_id))
+    stream = engine.submit(EngineRequest(ids, params, completion_id))
     created = int(time.time())
     timer = RequestTimer(ctx.metrics)
 
@@ -210,7 +207,7 @@ async def completions(body: CompletionRequest, request: Request):
                 "text_offset": [],
             }
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprob_block}
-        return {"id": completion_id, "object": "text_completion", "created": created, "model": ctx.model_name,
+        return {"id": completion_id, "object": "text_completion", "created": created, "model": model.name,
                 "choices": [choice]}  # fmt: skip
 
     async def pieces() -> AsyncIterator[tuple[str, str | None, list[TokenLogprob] | None, gen.Usage]]:
@@ -251,7 +248,7 @@ async def completions(body: CompletionRequest, request: Request):
             lps_all += lps or []
         return "".join(texts), finish, lps_all, usage
 
-    text, finish, lps_all, usage = await until_disconnect(request, collect(), ctx.engine, completion_id)
+    text, finish, lps_all, usage = await until_disconnect(request, collect(), engine, completion_id)
     result = chunk(text, finish, lps_all)
     result["usage"] = _usage(usage)
     return JSONResponse(result)

@@ -267,7 +267,6 @@ async def _final(stream: AsyncIterator[StreamEvent]) -> dict[str, Any]:
 @router.post("/responses", response_model=None)
 async def create_response(body: ResponsesRequest, request: Request) -> StreamingResponse | dict[str, Any]:
     ctx = context(request)
-    ctx.check_model(body.model)
     store = response_store(request)
     items = body.input_items()
     if body.previous_response_id is not None:
@@ -290,12 +289,13 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         tool_choice=body.chat_tool_choice(),
     )
     response_id = new_id("resp")
-    events = await gen.start_chat(ctx.engine, chat, RequestTimer(ctx.metrics), request_id=response_id)
-    response = _response(body, response_id, int(time.time()), ctx.model_name)
+    model = await ctx.use(request, body.model)
+    events = await gen.start_chat(model.engine, chat, RequestTimer(ctx.metrics), request_id=response_id)
+    response = _response(body, response_id, int(time.time()), model.name)
     stream = _run(events, response, items, store if body.store else None)
     if body.stream:
         return StreamingResponse(sse_events(stream), media_type="text/event-stream")
-    return await until_disconnect(request, _final(stream), ctx.engine, response_id)
+    return await until_disconnect(request, _final(stream), model.engine, response_id)
 
 
 @router.get("/responses/{response_id}")

@@ -48,13 +48,13 @@ class PullError(OssaiError):
 class Progress(Protocol):
     """What `pull` reports to; the CLI draws a bar or prints a line per file."""
 
-    def start(self, path: str, total: int, done: int) -> None: ...
+    def start(self, path: str, total: int, done: int, sha256: str | None = None) -> None: ...
     def advance(self, nbytes: int) -> None: ...
     def finish(self, path: str) -> None: ...
 
 
 class _Quiet:
-    def start(self, path: str, total: int, done: int) -> None:
+    def start(self, path: str, total: int, done: int, sha256: str | None = None) -> None:
         pass
 
     def advance(self, nbytes: int) -> None:
@@ -333,7 +333,7 @@ def _download(
     part.parent.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_json(_sidecar(part), _expected(f, commit))
     part.touch()
-    progress.start(f.path, f.size, part.stat().st_size)
+    progress.start(f.path, f.size, part.stat().st_size, f.sha256)
     check = _permanent(repo)
     failures = 0
     while (have := part.stat().st_size) < f.size:

@@ -7,7 +7,10 @@ produce; without a script the model samples as usual.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from ossai.config import EngineConfig
 from ossai.server.app import create_app
@@ -81,15 +85,35 @@ def start_server(
 ) -> Served:
     engine = engine or ScriptedEngine.load(checkpoint, config=EngineConfig(kv_cache_mb=64, max_num_seqs=8))
     config = ServerConfig(model_name=MODEL, home=home, **server_options)
+    url, server, thread = serve_app(create_app(engine, config))
+    return Served(url, engine, server, thread)
+
+
+def serve_app(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """Run `app` with uvicorn in a thread on a free loopback port, once /health answers."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(engine, config), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, lambda: thread.is_alive())
-    return Served(url, engine, server, thread)
+    return url, server, thread
+
+
+def spawn_server(args: list[str], home: Path) -> tuple[subprocess.Popen, str]:
+    """`ossai serve ARGS` as a child process on a free port, once /health answers; the caller stops it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ossai.cli", "serve", *args, "--port", str(port)],
+        env={**os.environ, "OSSAI_HOME": str(home)}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, lambda: proc.poll() is None)
+    except RuntimeError:
+        proc.kill()
+        raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
+    return proc, url
 
 
 def wait_healthy(url: str, alive, timeout: float = 60.0) -> None:

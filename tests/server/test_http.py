@@ -3,10 +3,7 @@ run over the server's own OpenAPI schema."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -14,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ossai.config import EngineConfig
 from ossai.testing.scripted import ScriptedEngine
-from tests.server.conftest import MODEL, free_port, start_server, wait_healthy
+from tests.server.conftest import MODEL, spawn_server, start_server
 
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -156,19 +153,9 @@ def test_non_stream_disconnect_frees_kv(served):
 
 
 def test_sigterm_drains_and_exits_zero(tiny, tmp_path):
-    port = free_port()
-    env = {**os.environ, "OSSAI_HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ossai.cli", "serve", str(tiny), "--port", str(port), "--name", MODEL,
-         "--kv-cache-mb", "32", "--grace-period", "10"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    args = [str(tiny), "--name", MODEL, "--kv-cache-mb", "32", "--grace-period", "10"]
+    proc, url = spawn_server(args, tmp_path)
     try:
-        try:
-            wait_healthy(url, lambda: proc.poll() is None)
-        except RuntimeError:
-            raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
         body = {"model": MODEL, "messages": HELLO, "max_tokens": 20, "temperature": 0}
         with httpx.stream("POST", url + CHAT, json={**body, "stream": True}, timeout=30) as response:
             lines = response.iter_lines()

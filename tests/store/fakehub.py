@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,7 @@ from urllib.parse import unquote, urlparse
 
 LFS_MIN = 1024  # files this large (and every *.safetensors) are served as LFS files, with a sha256
 REPO = "openai/gpt-oss-20b"  # the repo the tests serve; the alias gpt-oss:20b points here
+MIB = 2**20
 CDN = "_cdn"  # LFS downloads redirect here, as the real hub redirects to its CDN (no token needed there)
 
 
@@ -43,6 +45,7 @@ class Faults:
     file_status: list[int] = field(default_factory=list)  # answers for the next file GETs
     drop_after: dict[str, int] = field(default_factory=dict)  # path -> close after this many bytes, once
     corrupt: set[str] = field(default_factory=set)  # paths served with one byte flipped
+    slow: float = 0.0  # seconds to pause after each MiB of a file's body (a slow link)
 
 
 class _Server(ThreadingHTTPServer):
@@ -205,8 +208,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 drop = hub.faults.drop_after.pop(rel, None)
             if drop is not None:
                 payload = payload[:drop]
-            self.wfile.write(payload)
-            hub.count(len(payload))
+            step = MIB if hub.faults.slow else len(payload) or 1
+            for offset in range(0, len(payload), step):
+                self.wfile.write(payload[offset : offset + step])
+                hub.count(len(payload[offset : offset + step]))
+                if hub.faults.slow:
+                    time.sleep(hub.faults.slow)
             if drop is not None:
                 self.wfile.flush()
                 self.close_connection = True

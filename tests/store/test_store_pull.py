@@ -93,7 +93,7 @@ def test_interrupt_leaves_a_resumable_partial(fake_hub, repo_dir):
     class Interrupt:
         seen = 0
 
-        def start(self, path, total, done):
+        def start(self, path, total, done, sha256=None):
             pass
 
         def advance(self, nbytes):
