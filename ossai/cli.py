@@ -279,18 +279,19 @@ def serve(
         str | None, typer.Option(help="the name clients use for MODEL (default: its directory name)")
     ] = None,
     keep_alive: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="without MODEL: how long a model stays loaded after its last request "
-            "(30s, 5m, 1h; 0 = unload at once, -1 = forever); requests may set their own keep_alive"
+            "(30s, 5m, 1h; 0 = unload at once, -1 = forever; default 5m); requests may set their own"
         ),
-    ] = "5m",
+    ] = None,
     max_loaded_models: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="without MODEL: models loaded at once at most; the least recently used idle one makes room"
+            help="without MODEL: models loaded at once at most (default 3); the least recently used idle "
+            "one makes room"
         ),
-    ] = 3,
+    ] = None,
     kv_cache_mb: Annotated[
         float | None, typer.Option(help="KV cache size per model (default: 10% of RAM)")
     ] = None,
@@ -320,9 +321,10 @@ def serve(
 
     from ossai import settings
     from ossai.engine import Engine, EngineConfig
+    from ossai.engine.device import resolve_device
+    from ossai.server import pool as pools
     from ossai.server.app import create_app
     from ossai.server.context import ServerConfig
-    from ossai.server.pool import ModelPool, parse_keep_alive
     from ossai.store import list_models, resources, servers
 
     keys = tuple(api_key or ()) + settings.api_keys()
@@ -330,7 +332,7 @@ def serve(
         typer.echo(
             f"warning: listening on {host} without an API key: anyone who can reach it can use it", err=True
         )
-    url = f"http://{host}:{port}"
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def publish(loaded: list[dict]) -> None:
         servers.publish(url, loaded)
@@ -340,19 +342,28 @@ def serve(
     )
     engine = None
     if model is not None:
+        for option, value in (("--keep-alive", keep_alive), ("--max-loaded-models", max_loaded_models)):
+            if value is not None:
+                raise BadRequest(f"{option} applies without MODEL; a model named on the command line stays")
         checkpoint = _resolve(model)
         plan = resources.plan(checkpoint, device=device, kv_cache_mb=kv_cache_mb)  # refuses what cannot fit
         typer.echo(f"ossai: plan: {plan.summary()}", err=True)
         config.device = plan.device
         engine = Engine.load(checkpoint, config=config)
         served = name or (model if not Path(model).is_dir() else Path(model).resolve().name)
-        pool = ModelPool.fixed(served, engine, needed_bytes=plan.needed_bytes, on_change=publish)
+        pool = pools.ModelPool.fixed(served, engine, needed_bytes=plan.needed_bytes, on_change=publish)
         what = served
     else:
         if name is not None:
             raise BadRequest("--name names the MODEL argument; without MODEL, models keep their store names")
-        seconds = parse_keep_alive(keep_alive, None)
-        pool = ModelPool(config, keep_alive=seconds, max_loaded=max_loaded_models, on_change=publish)
+        if device != "auto":
+            resolve_device(device)  # a bad --device fails now, not at every request
+        pool = pools.ModelPool(
+            config,
+            keep_alive=pools.parse_keep_alive(keep_alive, pools.DEFAULT_KEEP_ALIVE),
+            max_loaded=pools.DEFAULT_MAX_LOADED if max_loaded_models is None else max_loaded_models,
+            on_change=publish,
+        )
         names = [m.name for m in list_models()]
         what = f"the store ({', '.join(names) or 'empty: POST /api/pull or `ossai pull`'})"
     server_config = ServerConfig(
@@ -594,7 +605,7 @@ def ps(as_json: JsonOpt = False) -> None:
     for column in ("name", "memory", "device", "context", "until", "server"):
         table.add_column(column, justify="right" if column in ("memory", "context") else "left")
     for row in rows:
-        memory = row.get("memory_bytes") or row.get("size") or 0
+        memory = row.get("memory_bytes") or 0
         table.add_row(row["name"], f"{memory / 1e9:.2f} GB", row["device"], str(row["context_length"]),
                       _until(row), str(row["server"]))  # fmt: skip
     Console().print(table)

@@ -43,16 +43,15 @@ from ossai import __version__, harmony
 from ossai.config import RMS_NORM_EPS, ModelConfig, SamplingParams
 from ossai.engine import Engine, TokenLogprob
 from ossai.engine import Request as EngineRequest
-from ossai.errors import Conflict, ContextLengthError
+from ossai.errors import ContextLengthError
 from ossai.model.weights import Checkpoint
 from ossai.server import generation as gen
 from ossai.server import ollama_types as wire
 from ossai.server.context import ServerContext, context
 from ossai.server.metrics import RequestTimer
-from ossai.server.pool import Entry, parse_keep_alive
+from ossai.server.pool import Entry, Loaded, parse_keep_alive
 from ossai.server.streaming import ndjson, until_disconnect
-from ossai.store import hub, servers
-from ossai.store import models as store
+from ossai.store import hub
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
@@ -72,11 +71,11 @@ def _now() -> str:
 class _Clock:
     """The TokenObserver of a generation: feeds the metrics and measures Ollama's durations."""
 
-    def __init__(self, ctx: ServerContext):
+    def __init__(self, ctx: ServerContext, load_ns: int = 0):
         self.timer = RequestTimer(ctx.metrics)
-        self.start = time.perf_counter_ns()
+        self.start = time.perf_counter_ns()  # after the load: prompt evaluation starts here
         self.first: int | None = None  # when the first token came: the end of the prompt's evaluation
-        self.load = 0  # nanoseconds spent loading the model for this request
+        self.load = load_ns  # spent loading the model for this request (Ollama's load_duration)
 
     def token(self) -> None:
         if self.first is None:
@@ -91,7 +90,7 @@ class _Clock:
         first = self.first or end
         return {
             "done_reason": "length" if done_reason == "length" else "stop",
-            "total_duration": end - self.start,
+            "total_duration": end - self.start + self.load,
             "load_duration": self.load,
             "prompt_eval_count": usage.prompt_tokens,
             "prompt_eval_duration": first - self.start,
@@ -143,6 +142,15 @@ def _generate_piece(content: str, thinking: str | None = None, calls: list | Non
     return out
 
 
+async def _use(
+    ctx: ServerContext, request: Request, body: wire.ChatRequest | wire.GenerateRequest
+) -> tuple[Loaded, int]:
+    """The request's model, and the nanoseconds it took to load (0 when it was loaded already)."""
+    started = time.perf_counter_ns()
+    model = await ctx.use(request, body.model, body.keep_alive)
+    return model, time.perf_counter_ns() - started
+
+
 async def _loaded(
     ctx: ServerContext, request: Request, body: wire.ChatRequest | wire.GenerateRequest, piece: Piece
 ) -> dict[str, Any]:
@@ -180,9 +188,8 @@ async def _run_chat(
     """Chat and non-raw generate: the one generation path, shaped by `piece`."""
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
-    clock = _Clock(ctx)
-    model = await ctx.use(request, body.model, body.keep_alive)
-    clock.load = time.perf_counter_ns() - clock.start
+    model, load_ns = await _use(ctx, request, body)
+    clock = _Clock(ctx, load_ns)
     engine = model.engine
     events = await gen.start_chat(engine, _chat_request(engine, body), clock, request_id)
     with_calls = isinstance(body, wire.ChatRequest)
@@ -251,9 +258,8 @@ async def _raw_generate(
 ) -> StreamingResponse | dict[str, Any]:
     """The prompt as the model's whole input (harmony special tokens recognised), no parsing of the
     output: a plain completion that ends at an assistant stop token, num_predict or a stop string."""
-    clock = _Clock(ctx)
-    model = await ctx.use(request, body.model, body.keep_alive)
-    clock.load = time.perf_counter_ns() - clock.start
+    model, load_ns = await _use(ctx, request, body)
+    clock = _Clock(ctx, load_ns)
     engine = model.engine
     ids = harmony.load_encoding().encode(body.prompt, allowed_special="all")
     room = engine.max_model_len - len(ids)
@@ -313,8 +319,12 @@ async def _raw_generate(
 # --- the models: list, show, ps, pull, delete, version ----------------------------------------------------
 
 
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
+def _iso(epoch: float | None) -> str:
+    """An ISO 8601 UTC time; None (or a time past year 9999) is Ollama's "never"."""
+    try:
+        return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return NEVER
 
 
 def _human(count: int) -> str:
@@ -393,14 +403,15 @@ async def show(body: wire.ShowRequest, request: Request) -> dict:
 
 @router.get("/ps")
 async def ps(request: Request) -> dict:
+    """Ollama's list of loaded models: `size` is the memory it holds, `size_vram` the part on a GPU."""
     cards = []
     for model in context(request).pool.loaded():
         card = _card(model.entry)
         del card["modified_at"]
         status = model.to_json()
-        expires = NEVER if status["expires_at"] is None else _iso(status["expires_at"])
-        card |= {"expires_at": expires, "size_vram": status["size_vram"],
-                 "context_length": status["context_length"], "device": model.device}  # fmt: skip
+        card |= {"size": status["memory_bytes"], "size_vram": status["vram_bytes"],
+                 "expires_at": _iso(status["expires_at"]), "context_length": status["context_length"],
+                 "device": model.device}  # fmt: skip
         cards.append(card)
     return {"models": cards}
 
@@ -408,14 +419,7 @@ async def ps(request: Request) -> dict:
 @router.delete("/delete")
 async def delete(body: wire.ModelRequest, request: Request) -> Response:
     """Remove a model from the store, unloading it first if it is idle (Ollama: 200, empty body)."""
-    pool = context(request).pool
-    manifest = await run_in_threadpool(store.get, pool.store_name(body.model_name))
-    if pool.pinned is not None and servers.holds(pool.pinned.entry.directory, "", manifest.directory):
-        raise Conflict(f"{manifest.name} is the model this server was started with; it cannot be deleted")
-    if pool.is_loaded(manifest.name):
-        await pool.unload(manifest.name)  # a model in use: 409
-    await run_in_threadpool(servers.check_unused, manifest.name, manifest.directory)
-    await run_in_threadpool(store.remove, manifest.name)
+    await context(request).pool.delete(body.model_name)
     return Response(status_code=200)
 
 

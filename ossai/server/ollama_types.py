@@ -93,7 +93,7 @@ class _Generation(BaseModel):
     think: bool | Effort | None = None
     format: str | dict[str, Any] | None = None
     options: Options = Field(default_factory=Options)
-    keep_alive: float | str | None = None  # accepted; the model stays loaded for the server's lifetime
+    keep_alive: float | str | None = None  # how long the model stays loaded after this request
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=20)
 

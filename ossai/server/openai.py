@@ -77,7 +77,6 @@ def _tool_call(call: gen.ToolCall) -> dict:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     ctx = context(request)
-    model = await ctx.use(request, body.model)
     sampling = body.sampling()
     if body.logprobs:
         sampling |= {"logprobs": True, "top_logprobs": body.top_logprobs or 0}
@@ -90,6 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    model = await ctx.use(request, body.model)  # after the checks above: bad input loads nothing
     events = await gen.start_chat(model.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
     created = int(time.time())
     if body.stream:
@@ -164,8 +164,6 @@ async def _chat_chunks(
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     ctx = context(request)
-    model = await ctx.use(request, body.model)
-    engine = model.engine
     if body.echo or body.suffix:
         raise BadRequest("echo and suffix are not supported", param="echo" if body.echo else "suffix")
     prompt = body.prompt
@@ -179,6 +177,8 @@ async def completions(body: CompletionRequest, request: Request):
         ids = list(prompt)  # type: ignore[arg-type]
     if not ids:
         raise BadRequest("the prompt is empty", param="prompt")
+    model = await ctx.use(request, body.model)
+    engine = model.engine
     room = engine.max_model_len - len(ids)
     max_tokens = body.max_tokens if body.max_tokens is not None else room
     if room < 1:

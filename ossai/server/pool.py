@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import gc
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -35,13 +37,16 @@ from ossai.config import EngineConfig, ModelConfig
 from ossai.engine import Engine
 from ossai.errors import BadRequest, Busy, Conflict, NotFound, OssaiError
 from ossai.store import models as store
-from ossai.store import resources
+from ossai.store import resources, servers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default
 DEFAULT_MAX_LOADED = 3  # Ollama's default on a CPU-only machine
 ROOM_WAIT_S = 300.0  # how long a request waits for a busy model to become evictable before a 503
+ROOM_POLL_S = 0.5
+FOREVER_S = 100 * 365 * 86400.0  # a keep-alive longer than this is "forever"
+_NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 LEASES_KEY = "ossai_leases"  # in the ASGI scope's state: the leases a request holds
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -51,28 +56,29 @@ def parse_keep_alive(value: float | str | None, default: float | None) -> float 
     """Seconds to keep a model after its last request; None means forever.
 
     Ollama's forms: a number of seconds, or a Go duration ("5m", "1h30m", "250ms"); negative = forever.
+    Anything past a century is forever too; NaN and infinities are refused.
     """
     if value is None or value == "":
         return default
+    problem = f"keep_alive: {value!r} is not a duration (like 30s, 5m, 1h) or a number of seconds"
     if isinstance(value, bool):
-        raise BadRequest(f"keep_alive must be a duration or a number of seconds, got {value!r}", "keep_alive")
+        raise BadRequest(problem, "keep_alive")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         text = value.strip()
         sign = -1.0 if text.startswith("-") else 1.0
         body = text.lstrip("+-")
-        try:
+        parts = _DURATION.findall(body)
+        if _NUMBER.fullmatch(body):
             seconds = sign * float(body)
-        except ValueError:
-            parts = _DURATION.findall(body)
-            if not parts or "".join(n + u for n, u in parts) != body:
-                raise BadRequest(
-                    f"keep_alive: {value!r} is not a duration (like 30s, 5m, 1h) or a number of seconds",
-                    "keep_alive",
-                ) from None
+        elif parts and "".join(n + u for n, u in parts) == body:
             seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
-    return None if seconds < 0 else seconds
+        else:
+            raise BadRequest(problem, "keep_alive")
+    if not math.isfinite(seconds):
+        raise BadRequest(problem, "keep_alive")
+    return None if seconds < 0 or seconds > FOREVER_S else seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +91,33 @@ class Entry:
     size: int  # bytes of the checkpoint's files
     modified: float  # epoch seconds
 
+    @classmethod
+    def of(cls, manifest: store.Manifest) -> Entry:
+        _, config = store.read_config(manifest.directory)
+        added = dt.datetime.fromisoformat(manifest.added).timestamp() if manifest.added else time.time()
+        return cls(manifest.name, manifest.directory, config, manifest.size, added)
+
+    @classmethod
+    def of_engine(cls, name: str, engine: Engine) -> Entry:
+        """The pinned model's entry, described by its loaded checkpoint."""
+        checkpoint = engine.checkpoint
+        if checkpoint is None:
+            return cls(name, Path(name), engine.config, 0, time.time())
+        modified = max((f.stat().st_mtime for f in checkpoint.files), default=time.time())
+        return cls(name, Path(checkpoint.root), engine.config, checkpoint.size_bytes, modified)
+
 
 @dataclass(eq=False)
 class Loaded:
     entry: Entry
     engine: Engine
     device: str
-    needed_bytes: int  # weights + KV, as the resource plan counted them
-    keep_alive: float | None  # seconds after the last release; None = never unloaded
+    needed_bytes: int  # weights + KV, as the resource plan counted them (0: not planned)
+    keep_alive: float | None = None  # seconds after the last release; None = never unloaded
     pinned: bool = False
     leases: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    expires_at: float | None = None  # epoch seconds; None while leased or kept forever
+    expires_at: float | None = None  # epoch seconds, set when the last lease goes; None = not counting
 
     @property
     def name(self) -> str:
@@ -105,41 +126,33 @@ class Loaded:
     def idle(self) -> bool:
         return self.leases == 0 and not self.pinned
 
+    def expiry(self) -> float | None:
+        """When it will be unloaded if nothing uses it (epoch seconds); None = not by keep-alive."""
+        if self.pinned or self.keep_alive is None:
+            return None
+        return self.expires_at if self.leases == 0 else time.time() + self.keep_alive
+
     def to_json(self) -> dict[str, Any]:
-        """The figures of /api/ps and `ossai ps`."""
-        on_gpu = self.device != "cpu"
+        """The figures of /api/ps and `ossai ps`: memory is weights + KV (the files' size if unplanned)."""
+        memory = self.needed_bytes or self.entry.size
         return {
             "name": self.name,
             "path": str(self.entry.directory),
             "device": self.device,
-            "size": self.entry.size,
-            "size_vram": self.needed_bytes if on_gpu else 0,
-            "memory_bytes": self.needed_bytes,
+            "memory_bytes": memory,
+            "vram_bytes": memory if self.device != "cpu" else 0,
             "context_length": self.engine.max_model_len,
-            "expires_at": self.expires_at,
+            "expires_at": self.expiry(),
             "requests": self.leases,
         }
 
 
-def _entry_from_dir(name: str, directory: Path) -> Entry:
-    _, config = store.read_config(directory)
-    files = [p for p in directory.rglob("*.safetensors") if p.is_file()]
-    size = sum(p.stat().st_size for p in files)
-    modified = max((p.stat().st_mtime for p in files), default=time.time())
-    return Entry(name, directory, config, size, modified)
-
-
-def entry_for_engine(name: str, engine: Engine) -> Entry:
-    """The pinned model's entry, described by its loaded checkpoint."""
-    checkpoint = engine.checkpoint
-    if checkpoint is None:
-        return Entry(name, Path(name), engine.config, 0, time.time())
-    modified = max((f.stat().st_mtime for f in checkpoint.files), default=time.time())
-    return Entry(name, Path(checkpoint.root), engine.config, checkpoint.size_bytes, modified)
-
-
 class ModelPool:
-    """Names to engines: pinned, or loaded from the store on demand (see the module docstring)."""
+    """Names to engines: pinned, or loaded from the store on demand (see the module docstring).
+
+    One lock orders loads, unloads and deletions, so a plan is never made while memory is still held by
+    a model being unloaded, and a model being deleted cannot be loaded again halfway. Waiting for room
+    happens outside the lock."""
 
     def __init__(
         self,
@@ -161,16 +174,17 @@ class ModelPool:
         self.on_change = on_change
         self.pinned: Loaded | None = None
         self._loaded: dict[str, Loaded] = {}
-        self._load_lock = asyncio.Lock()
-        self._changed = asyncio.Event()  # set on every release/unload: wakes the reaper (room waiters poll)
+        self._lock = asyncio.Lock()
+        self._released = asyncio.Event()  # wakes the reaper when a keep-alive starts counting
         self._reaper: asyncio.Task | None = None
 
     @classmethod
     def fixed(cls, name: str, engine: Engine, needed_bytes: int = 0, **kwargs: Any) -> ModelPool:
         """Pinned mode: `engine` (owned by the caller) is the only model."""
         pool = cls(engine.engine_config, **kwargs)
-        entry = entry_for_engine(name, engine)
-        pool.pinned = Loaded(entry, engine, str(engine.device), needed_bytes, None, pinned=True)
+        pool.pinned = Loaded(
+            Entry.of_engine(name, engine), engine, str(engine.device), needed_bytes, pinned=True
+        )
         pool._loaded[name] = pool.pinned
         return pool
 
@@ -179,11 +193,11 @@ class ModelPool:
     def default_name(self) -> str | None:
         return self.pinned.name if self.pinned else None
 
-    def store_name(self, name: str) -> str:
-        """The store's name for a requested one: as given, or without Ollama's `:latest` tag."""
+    def manifest(self, name: str) -> store.Manifest:
+        """The stored model for a requested name: as given, or without Ollama's `:latest` tag."""
         for candidate in (name, name.removesuffix(":latest")):
             with contextlib.suppress(NotFound, BadRequest):
-                return store.get(candidate).name
+                return store.get(candidate)
         raise NotFound(f"model {name!r} not found; see GET /v1/models, or pull it first", "model")
 
     def resolve(self, name: str) -> str:
@@ -195,7 +209,7 @@ class ModelPool:
         for candidate in (name, name.removesuffix(":latest")):
             if candidate in self._loaded:
                 return candidate
-        return self.store_name(name)
+        return self.manifest(name).name
 
     def entries(self) -> list[Entry]:
         """Every model this server can serve: the pinned one, or the store's."""
@@ -204,16 +218,15 @@ class ModelPool:
         found = []
         for manifest in store.list_models():
             try:
-                found.append(self.entry(manifest.name))
+                found.append(Entry.of(manifest))
             except OssaiError as exc:  # a linked import whose directory went away: not servable
                 log.warning("%s: %s", manifest.name, exc)
         return found
 
     def entry(self, name: str) -> Entry:
         resolved = self.resolve(name)
-        if resolved in self._loaded:
-            return self._loaded[resolved].entry
-        return _entry_from_dir(resolved, store.get(resolved).directory)
+        loaded = self._loaded.get(resolved)
+        return loaded.entry if loaded is not None else Entry.of(self.manifest(resolved))
 
     def loaded(self) -> list[Loaded]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
@@ -221,80 +234,113 @@ class ModelPool:
     def engines(self) -> list[tuple[str, Engine]]:
         return [(m.name, m.engine) for m in self.loaded()]
 
-    def is_loaded(self, name: str) -> bool:
-        return name in self._loaded
-
     # -- leases ------------------------------------------------------------------------------------------
     async def acquire(self, name: str, keep_alive: float | str | None = None) -> Loaded:
         """The loaded model for `name`, loading it if needed; the caller must `release` it."""
         seconds = parse_keep_alive(keep_alive, self.keep_alive)
         resolved = self.resolve(name)
         self._start_reaper()
-        model = self._loaded.get(resolved)
-        if model is None:
-            async with self._load_lock:
-                model = self._loaded.get(resolved)
-                if model is None:
-                    model = await self._load(resolved, seconds)
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while (model := self._loaded.get(resolved)) is None:
+            async with self._lock:
+                if resolved in self._loaded:
+                    continue
+                entry = await asyncio.to_thread(lambda: Entry.of(self.manifest(resolved)))
+                plan = await self._make_room(entry, give_up=time.monotonic() > deadline)
+                if plan is not None:
+                    model = await self._load(entry, plan)
+                    break
+            await asyncio.sleep(ROOM_POLL_S)  # every loaded model is busy: wait outside the lock
         model.leases += 1
-        model.expires_at = None
         if not model.pinned:
             model.keep_alive = seconds
+        if model.leases == 1:
+            self.publish()
         return model
 
     def release(self, model: Loaded) -> None:
         model.leases -= 1
         model.last_used = time.monotonic()
-        if model.leases == 0 and not model.pinned and model.keep_alive is not None:
-            model.expires_at = time.time() + model.keep_alive
-        self._changed.set()
-        self.publish()
+        if model.leases == 0:
+            if not model.pinned and model.keep_alive is not None:
+                model.expires_at = time.time() + model.keep_alive
+            self._released.set()
+            self.publish()
 
     async def unload(self, name: str, when_idle: bool = False) -> bool:
         """Unload `name` now; True if it was unloaded. A pinned or unloaded model is left as it is; one in
         use is a Conflict, or with `when_idle` is unloaded as soon as its last request ends."""
-        model = self._loaded.get(self.resolve(name))
-        if model is None or model.pinned:
-            return False
-        if model.leases:
-            if when_idle:
-                model.keep_alive = 0.0
+        async with self._lock:
+            model = self._loaded.get(self.resolve(name))
+            if model is None or model.pinned:
                 return False
-            raise Conflict(f"{model.name} is generating for {model.leases} request(s); try again when done")
-        await self._unload(model)
-        return True
+            if model.leases:
+                if when_idle:
+                    model.keep_alive = 0.0
+                    return False
+                raise _in_use(model)
+            await self._unload(model)
+            return True
 
-    # -- loading and unloading ---------------------------------------------------------------------------
-    async def _load(self, name: str, keep_alive: float | None) -> Loaded:
-        directory = store.get(name).directory
-        entry = await asyncio.to_thread(_entry_from_dir, name, directory)
-        plan = await self._make_room(entry)
+    async def delete(self, name: str) -> store.Manifest:
+        """Remove a stored model, unloading it first; refused while this or another server uses it."""
+        async with self._lock:
+            manifest = await asyncio.to_thread(self.manifest, name)
+            pinned = self.pinned
+            if pinned is not None and servers.holds(pinned.entry.directory, "", manifest.directory):
+                raise Conflict(
+                    f"{manifest.name} is the model this server was started with; it cannot be deleted"
+                )
+            model = self._loaded.get(manifest.name)
+            if model is not None:
+                if model.leases:
+                    raise _in_use(model)
+                await self._unload(model)
+            await asyncio.to_thread(servers.check_unused, manifest.name, manifest.directory)
+            return await asyncio.to_thread(store.remove, manifest.name)
+
+    # -- loading and unloading (callers hold the lock) ---------------------------------------------------
+    async def _load(self, entry: Entry, plan: resources.Plan) -> Loaded:
         config = dataclasses.replace(self.engine_config, device=plan.device)
-        log.info("loading %s on %s (%s)", name, plan.device, plan.summary())
+        log.info("loading %s on %s (%s)", entry.name, plan.device, plan.summary())
         started = time.perf_counter()
-        engine = await asyncio.to_thread(self.engine_cls.load, directory, config=config)
+        building = asyncio.ensure_future(asyncio.to_thread(self._build, entry.directory, config))
         try:
-            await asyncio.to_thread(lambda: engine.max_model_len)  # build the KV pool now, not mid-request
-        except BaseException:
-            await asyncio.to_thread(engine.close)
+            engine = await asyncio.shield(building)
+        except asyncio.CancelledError:  # the server is stopping: close the engine once it exists
+            building.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
             raise
-        model = Loaded(entry, engine, plan.device, plan.needed_bytes, keep_alive)
-        self._loaded[name] = model
-        log.info("loaded %s in %.1f s", name, time.perf_counter() - started)
+        model = Loaded(entry, engine, plan.device, plan.needed_bytes)
+        self._loaded[entry.name] = model
+        log.info("loaded %s in %.1f s", entry.name, time.perf_counter() - started)
         self.publish()
         return model
 
-    async def _make_room(self, entry: Entry) -> resources.Plan:
-        """The new model's plan, after unloading least recently used idle models until it fits."""
-        deadline = time.monotonic() + ROOM_WAIT_S
+    def _build(self, directory: Path, config: EngineConfig) -> Engine:
+        engine = self.engine_cls.load(directory, config=config)
+        try:
+            engine.max_model_len  # noqa: B018  # build the KV pool now, not in the first request
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    async def _make_room(self, entry: Entry, give_up: bool) -> resources.Plan | None:
+        """The new model's plan, after unloading least recently used idle models until it fits; None
+        when only busy models stand in the way (the caller waits and asks again)."""
         device, kv_mb = self.engine_config.device, self.engine_config.kv_cache_mb
         while True:
-            self._changed.clear()
-            refusal: OssaiError | None = None
+            refusal: OssaiError
             try:
                 plan = await asyncio.to_thread(
                     lambda: resources.plan(entry.directory, device, kv_mb, resources=self.detect())
                 )
+            except BadRequest as exc:
+                # on CPU the bound is the machine's RAM; on a GPU, loaded models may be what is in the way
+                if not any(m.device != "cpu" for m in self._loaded.values()):
+                    raise
+                refusal = exc
+            else:
                 # mmapped CPU weights are not in MemAvailable's accounting: count the loaded ones here
                 on_cpu = sum(m.needed_bytes for m in self._loaded.values() if m.device == "cpu")
                 if plan.device == "cpu" and plan.needed_bytes + on_cpu > plan.available_bytes:
@@ -306,27 +352,23 @@ class ModelPool:
                     refusal = Busy(f"{self.max_loaded} model(s) are loaded, the most this server keeps")
                 else:
                     return plan
-            except BadRequest as exc:  # does not fit even now; it may once others are unloaded
-                if not self._loaded:
-                    raise
-                refusal = exc
             victims = sorted((m for m in self._loaded.values() if m.idle()), key=lambda m: m.last_used)
             if victims:
                 log.info("unloading %s to make room for %s", victims[0].name, entry.name)
                 await self._unload(victims[0])
                 continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or all(m.pinned for m in self._loaded.values()):
+            if give_up or all(m.pinned for m in self._loaded.values()):
                 raise Busy(f"cannot load {entry.name}: {refusal}; every loaded model is in use")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+            return None
 
     async def _unload(self, model: Loaded) -> None:
-        self._loaded.pop(model.name, None)
-        self._changed.set()
-        await asyncio.to_thread(model.engine.close)
-        on_gpu = model.engine.device.type == "cuda"
-        model.engine = None  # type: ignore[assignment]  # drop the weights with the last reference
+        if self._loaded.get(model.name) is not model:
+            return  # already unloaded (and perhaps loaded again since)
+        del self._loaded[model.name]
+        engine = model.engine
+        await asyncio.to_thread(engine.close)
+        on_gpu = engine.device.type == "cuda"
+        del engine, model.engine  # drop the weights with the last reference
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
@@ -338,25 +380,32 @@ class ModelPool:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def _reap(self) -> None:
-        """Unload models whose keep-alive ran out, waking at the next expiry or on any release."""
+        """Unload models whose keep-alive ran out, waking at the next expiry or when one starts counting."""
         while True:
-            now = time.time()
-            for model in list(self._loaded.values()):
-                if model.idle() and model.expires_at is not None and model.expires_at <= now:
-                    await self._unload(model)
-            expiries = [m.expires_at for m in self._loaded.values() if m.idle() and m.expires_at]
+            try:
+                async with self._lock:
+                    now = time.time()
+                    for model in list(self._loaded.values()):
+                        if model.idle() and model.expires_at is not None and model.expires_at <= now:
+                            await self._unload(model)
+            except Exception:  # never let one failed unload stop every later expiry
+                log.exception("unloading an expired model failed")
+            expiries = [m.expires_at for m in self._loaded.values() if m.idle() and m.expires_at is not None]
             timeout = max(0.0, min(expiries) - time.time()) if expiries else None
-            self._changed.clear()
+            self._released.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=timeout)
+                await asyncio.wait_for(self._released.wait(), timeout=timeout)
 
     async def close(self) -> None:
         """Unload everything this pool loaded (the pinned engine belongs to its caller)."""
         if self._reaper is not None:
             self._reaper.cancel()
-        for model in list(self._loaded.values()):
-            if not model.pinned:
-                await self._unload(model)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        async with self._lock:
+            for model in list(self._loaded.values()):
+                if not model.pinned:
+                    await self._unload(model)
 
     def publish(self) -> None:
         """Tell `on_change` what is loaded (the server's status file for `ossai ps` and `ossai rm`)."""
@@ -365,6 +414,10 @@ class ModelPool:
                 self.on_change([m.to_json() for m in self.loaded()])
             except OSError as exc:  # the status file is a convenience; serving goes on
                 log.warning("could not record the loaded models: %s", exc)
+
+
+def _in_use(model: Loaded) -> Conflict:
+    return Conflict(f"{model.name} is generating for {model.leases} request(s); try again when done")
 
 
 class LeaseMiddleware:

@@ -10,13 +10,16 @@ from ossai.kernels import cpu
 from ossai.model import layers, transformer
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    return cpu.load(required=True)  # make test installs a compiler and ninja: building must work
+@pytest.fixture(scope="module", params=list(cpu.ISA_FLAGS))
+def kernels(request):
+    """The extension built for each instruction-set path (AVX-512, AVX2, portable C++), so every path is
+    checked here whatever CPU a user has. make test installs a compiler and ninja: building must work."""
+    return cpu.load(required=True, isa=request.param)
 
 
 @pytest.mark.parametrize(
-    ("rows", "out_features", "in_features"), [(1, 64, 64), (7, 96, 128), (16, 5760, 2880), (3, 33, 32)]
+    ("rows", "out_features", "in_features"),
+    [(1, 64, 64), (7, 96, 128), (16, 5760, 2880), (3, 33, 32), (9, 35, 64)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_mxfp4_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):
@@ -48,7 +51,8 @@ def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
         kernels.mxfp4_linear(torch.randn(2, 64).bfloat16(), blocks, scales, None)
 
 
-def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, kernels):
+def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
+    assert cpu.load(required=True) is not None
     engine = Engine.load(tiny)
     experts = engine.model.mlp[0].mxfp4_linear
     assert experts is not transformer.mxfp4_linear and all(
@@ -70,7 +74,8 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, kernels):
 
 
 @pytest.mark.parametrize(
-    ("rows", "out_features", "in_features"), [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880)]
+    ("rows", "out_features", "in_features"),
+    [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880), (9, 301, 40), (2, 5, 8)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):

@@ -91,7 +91,8 @@ def test_keep_alive_parsing():
     assert parse_keep_alive(0, 300.0) == 0.0
     assert parse_keep_alive(-1, 300.0) is None
     assert parse_keep_alive("-1m", 300.0) is None
-    for bad in ("soon", "5 minutes", "m5", "5mm", True):
+    assert parse_keep_alive("1e12", 300.0) is None  # past a century: forever
+    for bad in ("soon", "5 minutes", "m5", "5mm", True, "nan", "inf", float("nan"), float("inf")):
         with pytest.raises(BadRequest, match="keep_alive"):
             parse_keep_alive(bad, None)
 
@@ -103,12 +104,15 @@ def test_the_store_is_listed_and_loaded_on_demand(store_of_two, start_store):
     client = ollama.Client(host=handle.url)
     assert [m.model for m in client.list().models] == store_of_two
     assert client.show("alpha:latest").modelinfo["gptoss.block_count"] == 4  # no load needed
-    assert handle.loaded() == []
+    bad = httpx.post(handle.url + "/v1/completions", json={"model": "alpha", "prompt": "x", "echo": True})
+    assert bad.status_code == 400
+    assert handle.loaded() == []  # listing, showing and bad input load nothing
 
     response = handle.chat("alpha")
     assert response.status_code == 200 and response.json()["model"] == "alpha"
     (card,) = client.ps().models
     assert card.model == "alpha" and card.size_vram == 0 and card.context_length > 0
+    assert card.size > handle.pool.entry("alpha").size  # memory: the weights and the KV pool
     assert 250 < card.expires_at.timestamp() - time.time() <= 300  # the server's keep-alive
 
     r = httpx.post(handle.url + "/api/chat", json={"model": "beta", "messages": [], "keep_alive": -1})
@@ -154,6 +158,8 @@ def test_a_model_in_use_is_not_evicted(store_of_two, start_store):
         time.sleep(0.5)
         assert [(m.name, m.leases) for m in handle.pool.loaded()] == [("alpha", 1)]  # still streaming
         assert "response" not in other
+        (card,) = httpx.get(handle.url + "/api/ps").json()["models"]
+        assert card["expires_at"].startswith(str(time.gmtime().tm_year))  # in use: counted from now
         rest = [line for line in lines if line.startswith("data:")]
         alpha_done = time.monotonic()
     waiter.join(timeout=60)
@@ -327,7 +333,11 @@ def test_ps_without_a_server_and_a_stale_status_file(tmp_path):
     assert json.loads(_cli("ps", "--json").stdout) == []
 
 
-def test_serve_refuses_name_without_model():
+def test_serve_refuses_options_of_the_other_mode(tiny):
     result = _cli("serve", "--name", "x")
     assert result.exit_code != 0 and "--name" in str(result.exception)
+    result = _cli("serve", str(tiny), "--keep-alive", "1m")
+    assert result.exit_code != 0 and "--keep-alive" in str(result.exception)
+    result = _cli("serve", "--device", "tpu")
+    assert result.exit_code != 0 and "tpu" in str(result.exception)
     assert not Path(settings.home(), "run").exists() or servers.running() == []
