@@ -17,7 +17,15 @@ $(VENV)/.torch:
 	$(PIP) install torch==2.13.0
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml ossai/kernels/cpu/mxfp4.cpp
+# bubblewrap sandboxes the python tool; Debian's package, installed when missing (root, or via sudo).
+$(VENV)/.system: | $(VENV)/.torch
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; fi; } \
+	  || echo "warning: bubblewrap not installed: the python tool will refuse to run (see README)" >&2
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch $(VENV)/.system pyproject.toml ossai/kernels/cpu/mxfp4.cpp
 	$(PIP) install -e .
 	$(PY) -c "from ossai.kernels import cpu; cpu.load(required=True)"  # compile the CPU kernels now
 	@touch $@

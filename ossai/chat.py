@@ -27,8 +27,9 @@ import datetime as dt
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
 
@@ -41,6 +42,7 @@ from rich.text import Text
 from ossai import harmony
 from ossai.config import SamplingParams
 from ossai.errors import BadRequest, OssaiError
+from ossai.tools.agent import AgentLoop, Call, ToolSet
 
 TokenSource = Callable[[list[int], SamplingParams], Iterator[int]]
 ReadLine = Callable[[str], str]  # like input(): raises EOFError at the end and KeyboardInterrupt on Ctrl-C
@@ -106,6 +108,11 @@ class Reply:
     decode_tps: float = 0.0  # tokens per second after the first
     stopped: bool = False  # Ctrl-C
     truncated: bool = False  # ran into max_tokens before the model finished
+    calls: list[Call] = field(default_factory=list)  # tool calls the model made (it stopped on <|call|>)
+
+    @property
+    def finish(self) -> str:
+        return "tool_calls" if self.calls else "stop"
 
     def stats(self) -> str:
         parts = [f"{self.tokens} tokens", f"{self.decode_tps:.1f} tok/s", f"TTFT {self.ttft:.2f} s"]
@@ -124,16 +131,23 @@ class View(Protocol):
     def preamble(self, text: str) -> None: ...
     def answer(self, text: str) -> None: ...
     def tool_call(self, recipient: str, arguments: str) -> None: ...
+    def tool_result(self, name: str, text: str, error: bool) -> None: ...
     def end(self, reply: Reply | None) -> None: ...
     def info(self, text: str) -> None: ...
     def error(self, text: str) -> None: ...
 
 
+def _clip(text: str) -> str:
+    shown = " ".join(text.split())
+    return shown[:TOOL_ARGUMENTS_SHOWN] + "..." if len(shown) > TOOL_ARGUMENTS_SHOWN else shown
+
+
 def tool_call_line(recipient: str, arguments: str) -> str:
-    shown = " ".join(arguments.split())
-    if len(shown) > TOOL_ARGUMENTS_SHOWN:
-        shown = shown[:TOOL_ARGUMENTS_SHOWN] + "..."
-    return f"tool call: {recipient} {shown} (tools are not run by ossai chat yet)"
+    return f"tool call: {recipient} {_clip(arguments)}"
+
+
+def tool_result_line(name: str, text: str, error: bool) -> str:
+    return f"tool {'error' if error else 'result'}: {name} {_clip(text)}"
 
 
 # --- The session -----------------------------------------------------------------------------------------
@@ -143,10 +157,18 @@ class ChatSession:
     """The conversation plus the settings of the next reply."""
 
     def __init__(
-        self, generate: TokenSource, options: ChatOptions, *, model: str = "", date: str | None = None
+        self,
+        generate: TokenSource,
+        options: ChatOptions,
+        *,
+        model: str = "",
+        date: str | None = None,
+        tools: ToolSet | None = None,
     ):
         self._generate = generate
         self.options = options
+        self.tools = tools  # built-in and MCP tools run for the model (`ossai chat --tools`)
+        self.session_id = uuid.uuid4().hex
         self.model = model
         self.effort = options.effort
         self.system = options.system
@@ -159,7 +181,14 @@ class ChatSession:
 
     def _render(self, effort: str, system: str | None, messages: list[dict[str, Any]]) -> list[int]:
         head = [{"role": "system", "content": system}] if system else []
-        return harmony.render_chat(head + messages, effort=effort, date=self.date)
+        tools = self.tools
+        return harmony.render_chat(
+            head + messages,
+            effort=effort,
+            date=self.date,
+            tools=(tools.functions() or None) if tools else None,
+            builtin_tools=tools.builtin_namespaces if tools else (),
+        )
 
     def reset(self) -> None:
         self.messages.clear()
@@ -169,14 +198,29 @@ class ChatSession:
 
         Errors from rendering or the token source (a too-long conversation, say) propagate with the
         history unchanged."""
+        start = len(self.messages)
         self.messages.append({"role": "user", "content": text})
+        loop = AgentLoop(self.tools, self.session_id) if self.tools else None
         try:
             reply = self._stream(view)
+            while loop is not None and (pending := loop.pending(reply.finish, reply.calls)):
+                runs = []
+                for call in pending:  # the call itself was shown as the model wrote it
+                    run = loop.run(call)
+                    view.tool_result(call.name, run.result.text, run.result.error)
+                    runs.append(run)
+                self.messages += loop.record(reply.reasoning, reply.content, runs)
+                reply = self._stream(view)
+            if loop is not None and loop.limit_hit:
+                view.info(f"stopped after {loop.steps} tool calls (the step limit)")
+            elif reply.calls:
+                names = ", ".join(c.name for c in reply.calls)
+                view.info(f"the model called {names}, which ossai chat does not run (see --tools)")
         except BaseException:
-            self.messages.pop()
+            del self.messages[start:]
             raise
         if reply.stopped and not reply.content:
-            self.messages.pop()  # stopped before the answer began: nothing worth keeping
+            del self.messages[start:]  # stopped before the answer began: nothing worth keeping
             return reply
         turn: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.reasoning:
@@ -193,10 +237,12 @@ class ChatSession:
         view.begin()
         started = first = last = time.perf_counter()
         tokens: Iterator[int] | None = None
+        last_token = -1
         try:
             try:
                 tokens = self._generate(self.prompt_ids(), params)
                 for token in tokens:
+                    last_token = token
                     last = time.perf_counter()
                     if reply.tokens == 0:
                         first = last
@@ -213,6 +259,8 @@ class ChatSession:
             view.end(None)
             raise
         reply.truncated = not parser.done and reply.tokens >= params.max_tokens
+        if reply.stopped or last_token != harmony.CALL:
+            reply.calls.clear()  # a call is only made by a reply that ended on <|call|>
         if reply.tokens:
             reply.ttft = first - started
         if reply.tokens > 1 and last > first:
@@ -220,8 +268,7 @@ class ChatSession:
         view.end(reply)
         return reply
 
-    @staticmethod
-    def _show(events: list[harmony.Event], reply: Reply, view: View) -> None:
+    def _show(self, events: list[harmony.Event], reply: Reply, view: View) -> None:
         for event in events:
             match event:
                 case harmony.ReasoningDelta(text=text):
@@ -234,6 +281,8 @@ class ChatSession:
                     view.preamble(text)
                 case harmony.ToolCallEnd(recipient=recipient, arguments=arguments):
                     view.tool_call(recipient, arguments)
+                    name = recipient.removeprefix("functions.")
+                    reply.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", name, arguments))
 
     # --- /save and /load -------------------------------------------------------------------------------
 
@@ -391,6 +440,7 @@ def run_chat(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    tools: ToolSet | None = None,
 ) -> int:
     """`ossai chat` on this process's terminal or pipes; returns the exit status.
 
@@ -398,7 +448,7 @@ def run_chat(
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    session = ChatSession(generate, options, model=model)
+    session = ChatSession(generate, options, model=model, tools=tools)
     if not stdin.isatty():
         plain = PlainView(stdout, stderr, show_reasoning=options.show_reasoning is True)
         failures = run(session, plain, _line_reader(stdin), interactive=False)
@@ -477,6 +527,9 @@ class PlainView:
         self.out.end_line()
         self.err.line(tool_call_line(recipient, arguments))
 
+    def tool_result(self, name: str, text: str, error: bool) -> None:
+        self.err.line(tool_result_line(name, text, error))
+
     def end(self, reply: Reply | None) -> None:
         self.err.end_line()
         if reply is None:
@@ -545,6 +598,10 @@ class TerminalView:
     def tool_call(self, recipient: str, arguments: str) -> None:
         self._enter(None)
         self.console.print(Text(tool_call_line(recipient, arguments), style="yellow"))
+
+    def tool_result(self, name: str, text: str, error: bool) -> None:
+        self._enter(None)
+        self.console.print(Text(tool_result_line(name, text, error), style="red" if error else "cyan"))
 
     def end(self, reply: Reply | None) -> None:
         self._enter(None)

@@ -180,6 +180,14 @@ def chat(
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy")] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="random seed for reproducible sampling")] = None,
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            help="tools the model may use, run as it calls them: python, browser, mcp (comma-separated)"
+        ),
+    ] = None,
+    python_sandbox: PythonSandboxOpt = "bwrap",
+    docs: DocsOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -201,11 +209,17 @@ def chat(
         top_p=top_p,
         seed=seed,
     )  # checked before the model loads
+    from ossai.tools.agent import ToolSet
+
+    made = _make_tools(_tool_list(tools), python_sandbox, docs)
     engine = Engine.load(_resolve(model), device=device, threads=threads)
     try:
-        status = run_chat(engine.generate, options, model=model)
+        toolset = ToolSet(list(made.values())) if made else None
+        status = run_chat(engine.generate, options, model=model, tools=toolset)
     finally:
         engine.close()  # stop the engine's worker before the interpreter goes
+        for tool in made.values():
+            tool.close()
     raise typer.Exit(status)
 
 
@@ -303,6 +317,23 @@ def serve(
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="largest request body accepted (413 beyond)")] = 16.0,
     grace_period: Annotated[float, typer.Option(help="seconds to finish requests after SIGTERM")] = 30.0,
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            help="built-in tools run for every chat request: python, browser, mcp (comma-separated)"
+        ),
+    ] = None,
+    allow_tools: Annotated[
+        str,
+        typer.Option(
+            help="tools a request may enable (Responses tools, or the `ossai` extension field); none for none"
+        ),
+    ] = "python,browser,mcp",
+    python_sandbox: PythonSandboxOpt = "bwrap",
+    docs: DocsOpt = None,
+    searxng: SearxngOpt = None,
+    tool_steps: Annotated[int, typer.Option(help="tool calls run for one request at most")] = 8,
+    tool_timeout: Annotated[float, typer.Option(help="seconds one tool call may take")] = 180.0,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -366,12 +397,18 @@ def serve(
         )
         names = [m.name for m in list_models()]
         what = f"the store ({', '.join(names) or 'empty: POST /api/pull or `ossai pull`'})"
+    defaults = _tool_list(tools)
+    offered = _offered_tools(defaults, _tool_list(allow_tools), python_sandbox, docs, searxng)
     server_config = ServerConfig(
         model_name=pool.default_name,
         home=settings.home(),
         api_keys=keys,
         cors_origins=tuple(cors_origin or ()),
         max_body_bytes=int(max_body_mb * 2**20),
+        tools=offered,
+        default_tools=tuple(defaults),
+        tool_max_steps=tool_steps,
+        tool_timeout_s=tool_timeout,
     )
     app_ = create_app(pool, server_config)
     _logging.getLogger("ossai").info("settings: %s", settings.as_dict())
@@ -391,8 +428,176 @@ def serve(
         Server(config_).run()
     finally:
         servers.withdraw()
+        for tool in offered.values():
+            tool.close()
         if engine is not None:
             engine.close()
+
+
+# -- tools ------------------------------------------------------------------------------------------------
+PythonSandboxOpt = Annotated[
+    str,
+    typer.Option(
+        "--python-sandbox",
+        help="how python tool code is isolated: bwrap (bubblewrap: no network, read-only filesystem, limits) "
+        "or none (a plain subprocess with the same limits but no isolation: only for code you trust)",
+    ),
+]
+DocsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--docs", help="a directory of documents (md, txt, html) for the browser (repeatable)"),
+]
+SearxngOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--searxng", help="a SearXNG URL: lets the browser search and open the web (off by default)"
+    ),
+]
+
+
+def _tool_list(text: str | None) -> list[str]:
+    from ossai.server.context import TOOL_NAMES
+
+    names = [n.strip() for n in (text or "").split(",") if n.strip() and n.strip() != "none"]
+    for name in names:
+        if name not in TOOL_NAMES:
+            raise BadRequest(f"unknown tool {name!r}; the tools are {', '.join(TOOL_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def _make_tools(
+    names: list[str],
+    python_sandbox: str = "bwrap",
+    docs: list[Path] | None = None,
+    searxng: str | None = None,
+) -> dict:
+    """The tools by name, configured from the ossai home (`mcp.json`, the browser's index)."""
+    home = settings.home()
+    made: dict = {}
+    for name in names:
+        if name == "python":
+            from ossai.tools.python import PythonTool
+
+            if python_sandbox not in ("bwrap", "none"):
+                raise BadRequest(f"--python-sandbox must be bwrap or none, got {python_sandbox!r}")
+            made[name] = PythonTool(home / "python", sandbox=python_sandbox, hidden=[home])  # type: ignore[arg-type]
+        elif name == "browser":
+            from ossai.tools.browser import BrowserTool, LocalIndex, SearxngBackend, bundled_docs
+
+            for directory in docs or []:
+                if not directory.is_dir():
+                    raise BadRequest(f"--docs {directory}: no such directory")
+            index = LocalIndex([bundled_docs(), *(docs or [])], home / "browser" / "index.sqlite3")
+            made[name] = BrowserTool(index, SearxngBackend(searxng) if searxng else None)
+        elif name == "mcp":
+            from ossai.tools.mcp import McpTools, load_config
+
+            configs = load_config(home / "mcp.json")
+            if configs:
+                made[name] = McpTools(configs)
+                made[name].start()  # connect now: a server that fails says so at start, not mid-reply
+    return made
+
+
+def _offered_tools(
+    defaults: list[str], allowed: list[str], python_sandbox: str, docs: list[Path] | None, searxng: str | None
+) -> dict:
+    """The tools a server offers: those it runs always must work; an allowed one that cannot (no
+    bubblewrap, a broken mcp.json) is left out with a warning."""
+    offered = _make_tools(defaults, python_sandbox, docs, searxng)
+    for name in allowed:
+        if name in offered:
+            continue
+        try:
+            offered |= _make_tools([name], python_sandbox, docs, searxng)
+        except OssaiError as exc:
+            typer.echo(f"ossai: the {name} tool is not offered: {exc}", err=True)
+    return offered
+
+
+tool_app = typer.Typer(
+    help="Run a tool as the model would, and print what the model would see.", no_args_is_help=True
+)
+app.add_typer(tool_app, name="tool")
+
+
+@tool_app.command("python")
+def tool_python(
+    session: Annotated[str, typer.Option(help="the session (its working directory) to run in")] = "cli",
+    python_sandbox: PythonSandboxOpt = "bwrap",
+) -> None:
+    """Run python code from stdin in the model's sandbox and print what the model would see.
+
+    Exit status 1 when the code failed (an exception, a limit). Variables last as long as this command;
+    files written to /mnt/data stay in the session's directory while the session lives.
+    """
+    tool = _make_tools(["python"], python_sandbox)["python"]
+    try:
+        result = tool.call("python", sys.stdin.read(), session)
+    finally:
+        tool.close()
+    typer.echo(result.text)
+    raise typer.Exit(1 if result.error else 0)
+
+
+@tool_app.command("browser")
+def tool_browser(
+    actions: Annotated[
+        list[str],
+        typer.Argument(
+            help="one or more actions run in order in one session: search QUERY, open ID_OR_URL, find PATTERN"
+        ),
+    ],
+    docs: DocsOpt = None,
+    searxng: SearxngOpt = None,
+) -> None:
+    """Use the browser as the model would: `ossai tool browser search "kv cache" open 0 find block`.
+
+    Offline by default: it searches and opens the bundled ossai documents and any --docs directories.
+    """
+    if len(actions) % 2:
+        raise BadRequest("actions come in pairs: search QUERY, open ID_OR_URL or find PATTERN")
+    tool = _make_tools(["browser"], docs=docs, searxng=searxng)["browser"]
+    failed = False
+    try:
+        for verb, value in zip(actions[::2], actions[1::2], strict=True):
+            if verb not in ("search", "open", "find"):
+                raise BadRequest(f"unknown browser action {verb!r}: use search, open or find")
+            key = {"search": "query", "open": "id", "find": "pattern"}[verb]
+            arg: str | int = int(value) if verb == "open" and value.lstrip("-").isdigit() else value
+            result = tool.call(f"browser.{verb}", json.dumps({key: arg}), "cli")
+            typer.echo(result.text)
+            failed = failed or result.error
+    finally:
+        tool.close()
+    raise typer.Exit(1 if failed else 0)
+
+
+mcp_app = typer.Typer(help="MCP servers (configured in $OSSAI_HOME/mcp.json).", no_args_is_help=True)
+app.add_typer(mcp_app, name="mcp")
+
+
+@mcp_app.command("list")
+def mcp_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Connect to each configured MCP server and list its tools (as the model sees them: SERVER__TOOL)."""
+    from ossai.tools.mcp import describe, load_config
+
+    path = settings.home() / "mcp.json"
+    configs = load_config(path)
+    if not configs:
+        typer.echo(f"no MCP servers configured; add them to {path} (see README)", err=True)
+        if as_json:
+            typer.echo("[]")
+        return
+    servers = describe(configs)
+    if as_json:
+        typer.echo(json.dumps(servers))
+        return
+    for server in servers:
+        status = server["status"] if server["status"] == "ok" else f"error: {server['error']}"
+        typer.echo(f"{server['name']} ({server['transport']}, {server['target']}): {status}")
+        for tool in server["tools"]:
+            typer.echo(f"  {tool['function']}  {tool['description']}".rstrip())
 
 
 # -- the model store ----------------------------------------------------------------------------------

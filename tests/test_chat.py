@@ -297,7 +297,8 @@ def test_max_tokens_and_tool_calls_are_reported():
     assert "5 tokens" in err and " · max tokens reached" in err
     call = '<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{"q": "2+2"}<|call|>'
     _, err, _ = chat(new_session(call)[0], "look it up")
-    assert 'tool call: functions.lookup {"q": "2+2"} (tools are not run by ossai chat yet)' in err
+    assert 'tool call: functions.lookup {"q": "2+2"}' in err
+    assert "the model called lookup, which ossai chat does not run (see --tools)" in err
 
 
 def test_token_source_errors_are_one_line_and_keep_the_history():
@@ -373,8 +374,8 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
         seen.update(path=path, device=device, threads=threads)
         return FakeEngine()
 
-    def fake_run_chat(generate, options: ChatOptions, *, model: str) -> int:
-        seen.update(options=options, model=model)
+    def fake_run_chat(generate, options: ChatOptions, *, model: str, tools=None) -> int:
+        seen.update(options=options, model=model, tools=tools)
         return 1
 
     monkeypatch.setattr(Engine, "load", classmethod(load))
@@ -407,6 +408,7 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
             "threads": 2,
             "options": expected,
             "model": "m",
+            "tools": None,  # no --tools
             "closed": True,
         }
 
@@ -532,3 +534,34 @@ def test_chat_on_a_pseudo_terminal(tiny):
         os.close(master)
     assert b"Traceback" not in terminal.output
     assert b"\x1b[" in terminal.output  # rich styled it
+
+
+def test_chat_runs_builtin_tools_and_keeps_the_loop_in_the_history(tmp_path):
+    from ossai.tools.agent import ToolSet
+    from ossai.tools.browser import BrowserTool, LocalIndex
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "kv.md").write_text("# Paged KV cache\n\nKeys and values live in blocks of 16.\n")
+    browser = BrowserTool(LocalIndex([tmp_path / "docs"], tmp_path / "index.sqlite3"))
+    search = (
+        "<|channel|>analysis<|message|>Search the docs.<|end|><|start|>assistant to=browser.search"
+        '<|channel|>analysis code<|message|>{"query": "kv cache blocks"}<|call|>'
+    )
+    source = Scripted(search, REPLY)
+    session = ChatSession(source, ChatOptions(), model="tiny", date=DATE, tools=ToolSet([browser]))
+    try:
+        out, err, failures = chat(session, "How is the KV cache stored?")
+    finally:
+        browser.close()
+    assert failures == 0 and out.strip() == ANSWER
+    assert 'tool call: browser.search {"query": "kv cache blocks"}' in err
+    assert "tool result: browser.search" in err and "Paged KV cache" in err
+    assert len(source.prompts) == 2  # the model was asked again with the result
+    roles = [m["role"] for m in session.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert (
+        session.messages[2]["name"] == "browser.search" and "live in blocks" in session.messages[2]["content"]
+    )
+    second = harmony.decode(source.prompts[1])
+    assert "<|start|>browser.search to=assistant<|channel|>analysis<|message|>" in second
+    assert "# Tools\n\n## browser" in second  # the namespace is in the system message

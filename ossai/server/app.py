@@ -89,6 +89,23 @@ class BodyLimitMiddleware:
                 raise
 
 
+class CurlJsonMiddleware:
+    """`curl -d '{...}'` labels its JSON `application/x-www-form-urlencoded`; Ollama (and most people's
+    muscle memory) accept that, and no route here takes a form, so such bodies are read as JSON."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            form = b"application/x-www-form-urlencoded"
+            if any(k == b"content-type" and v.split(b";")[0].strip() == form for k, v in headers):
+                json = b"application/json"
+                scope["headers"] = [(k, json if k == b"content-type" else v) for k, v in headers]
+        await self.app(scope, receive, send)
+
+
 class CountingMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -149,6 +166,7 @@ def create_app(served: Engine | ModelPool, config: ServerConfig) -> FastAPI:
         return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(LeaseMiddleware, pool=pool)
+    app.add_middleware(CurlJsonMiddleware)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
 
+from ossai.errors import BadRequest
 from ossai.server.metrics import Metrics
 from ossai.server.pool import Loaded, ModelPool, leases_of
+from ossai.tools.agent import DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_S, AgentLoop, ToolSet
+from ossai.tools.base import Tool
+
+TOOL_NAMES = ("python", "browser", "mcp")  # what requests and --tools name
 
 
 @dataclass(slots=True)
@@ -19,6 +26,10 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 16 * 2**20
+    tools: Mapping[str, Tool] = field(default_factory=dict)  # the tools requests may enable, by name
+    default_tools: tuple[str, ...] = ()  # enabled for every chat request
+    tool_max_steps: int = DEFAULT_MAX_STEPS
+    tool_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 @dataclass
@@ -33,6 +44,22 @@ class ServerContext:
         model = await self.pool.acquire(name, keep_alive)
         leases_of(request.scope).append(model)
         return model
+
+    def agent(self, names: Sequence[str] | None, session: str | None = None) -> AgentLoop | None:
+        """The agent loop for a request that enables `names` (plus the server's defaults), or None."""
+        wanted = list(dict.fromkeys([*self.config.default_tools, *(names or ())]))
+        if not wanted:
+            return None
+        for name in wanted:
+            if name not in TOOL_NAMES:
+                raise BadRequest(f"unknown built-in tool {name!r}; use {', '.join(TOOL_NAMES)}", "tools")
+            if name not in self.config.tools:
+                raise BadRequest(
+                    f"the {name} tool is not enabled on this server (see ossai serve --allow-tools)", "tools"
+                )
+        tools = ToolSet([self.config.tools[n] for n in wanted], self.config.tool_max_steps,
+                        self.config.tool_timeout_s)  # fmt: skip
+        return AgentLoop(tools, session or uuid.uuid4().hex)
 
 
 def context(request: Request) -> ServerContext:

@@ -7,6 +7,8 @@ text, tool calls (with stable ids, arguments streamed as they arrive) and one fi
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,8 @@ from ossai import harmony
 from ossai.config import SamplingParams
 from ossai.engine import Engine, Request, RequestStream, TokenLogprob
 from ossai.errors import BadRequest, ContextLengthError
+from ossai.tools.agent import AgentLoop, Call
+from ossai.tools.base import ToolResult
 
 
 @dataclass(slots=True)
@@ -29,7 +33,7 @@ class ChatRequest:
     effort: str = "medium"
     tools: list[dict[str, Any]] | None = None  # OpenAI function tools
     tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {"type":"function",...}
-    builtin_tools: tuple[str, ...] = ()
+    builtin_tools: tuple[Any, ...] = ()  # harmony namespaces (names or ToolNamespaceConfig)
 
 
 @dataclass(slots=True)
@@ -75,16 +79,33 @@ class ToolCallArguments:
 
 
 @dataclass(slots=True)
+class ToolStarted:
+    """The server starts running a tool call the model made (a built-in or MCP tool)."""
+
+    call: ToolCall
+    tool: str  # python, browser, or the MCP tools' name
+
+
+@dataclass(slots=True)
+class ToolFinished:
+    call: ToolCall
+    tool: str
+    result: ToolResult
+    seconds: float
+
+
+@dataclass(slots=True)
 class Done:
     finish_reason: str  # stop | length | tool_calls
     usage: Usage
     reasoning: str
     content: str
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # for the client to run
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_runs: list[ToolFinished] = field(default_factory=list)  # what the server ran on the way
 
 
-Event = ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | Done
+Event = ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | ToolStarted | ToolFinished | Done
 
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what may follow `functions.` in a harmony header
@@ -202,3 +223,105 @@ async def _events(
     if timer is not None:
         timer.done(usage.prompt_tokens, usage.completion_tokens)
     yield Done(finish, usage, "".join(reasoning), "".join(content), calls, logprobs)
+
+
+# --- the agent loop: tool calls the server runs ---------------------------------------------------------
+
+
+def tool_event(event: ToolStarted | ToolFinished) -> dict[str, Any]:
+    """A tool call the server ran, as the chat APIs' extension (`ossai_tool` in stream chunks, and
+    `ossai_tool_runs` on the final message): status running, then completed or failed with its output."""
+    call = event.call
+    out: dict[str, Any] = {"id": call.id, "tool": event.tool, "name": call.name, "arguments": call.arguments}
+    if isinstance(event, ToolStarted):
+        return out | {"status": "running"}
+    result = event.result
+    status = "failed" if result.error else "completed"
+    seconds = round(event.seconds, 3)
+    return out | {"status": status, "output": result.text, "data": result.data, "seconds": seconds}
+
+
+async def start_agent(
+    engine: Engine,
+    req: ChatRequest,
+    loop: AgentLoop | None,
+    timer: TokenObserver | None = None,
+    request_id: str | None = None,
+) -> AsyncIterator[Event]:
+    """`start_chat`, and with a loop: built-in and MCP tool calls are run here and the model continues
+    until it answers (or calls a client function, or reaches the step limit). The client sees its own
+    events, `ToolStarted`/`ToolFinished` for each call the server ran, and one `Done` for the whole."""
+    if loop is None:
+        return await start_chat(engine, req, timer, request_id)
+    tools = loop.tools
+    req = dataclasses.replace(
+        req,
+        builtin_tools=(*req.builtin_tools, *tools.builtin_namespaces),
+        tools=[*(req.tools or []), *tools.functions()] or None,
+    )
+    request_id = request_id or f"agent-{uuid.uuid4().hex}"
+    first = await start_chat(engine, req, timer, request_id)  # bad input raises before a response starts
+    return _agent_events(engine, req, loop, timer, request_id, first)
+
+
+async def _agent_events(
+    engine: Engine,
+    req: ChatRequest,
+    loop: AgentLoop,
+    timer: TokenObserver | None,
+    request_id: str,
+    events: AsyncIterator[Event],
+) -> AsyncIterator[Event]:
+    messages = list(req.messages)
+    usage = Usage()
+    reasoning: list[str] = []
+    content: list[str] = []
+    runs: list[ToolFinished] = []
+    while True:
+        done: Done | None = None
+        hidden: set[int] = set()  # indexes of this step's calls the server runs: not the client's
+        shown = 0
+        async for event in events:
+            match event:
+                case ToolCallBegin(index=index, call=call) if loop.ours(call.name):
+                    hidden.add(index)
+                case ToolCallBegin(call=call):
+                    yield ToolCallBegin(shown, call)
+                    shown += 1
+                case ToolCallArguments(index=index) if index in hidden:
+                    pass
+                case ToolCallArguments(text=text):
+                    yield ToolCallArguments(shown - 1, text)
+                case Done():
+                    done = event
+                case _:
+                    yield event
+        assert done is not None
+        usage = Usage(
+            usage.prompt_tokens + done.usage.prompt_tokens,
+            usage.completion_tokens + done.usage.completion_tokens,
+            usage.cached_tokens + done.usage.cached_tokens,
+        )
+        reasoning += [done.reasoning] if done.reasoning else []
+        content += [done.content] if done.content else []
+        calls = [Call(c.id, c.name, c.arguments) for c in done.tool_calls]
+        pending = loop.pending(done.finish_reason, calls)
+        if not pending:
+            theirs = [c for c in done.tool_calls if not loop.ours(c.name)]
+            finish = "length" if loop.limit_hit else done.finish_reason
+            yield Done(finish, usage, "\n\n".join(reasoning), "".join(content), theirs, done.logprobs, runs)
+            return
+        step_runs = []
+        by_id = {c.id: c for c in done.tool_calls}
+        for call in pending:
+            tool = loop.tools.find(call.name)
+            yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
+            run = await asyncio.to_thread(loop.run, call)
+            finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
+            runs.append(finished)
+            step_runs.append(run)
+            yield finished
+        messages += loop.record(done.reasoning, done.content, step_runs)
+        # later steps answer the results: no forced call (tool_choice) and no prefill
+        step = dataclasses.replace(req, messages=messages, tool_choice=None)
+        events = await start_chat(engine, step, timer, f"{request_id}.{loop.steps}")

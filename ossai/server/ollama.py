@@ -188,10 +188,12 @@ async def _run_chat(
     """Chat and non-raw generate: the one generation path, shaped by `piece`."""
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
+    extension = body.ossai
+    loop = ctx.agent(extension.builtin_tools if extension else None, extension.session if extension else None)
     model, load_ns = await _use(ctx, request, body)
     clock = _Clock(ctx, load_ns)
     engine = model.engine
-    events = await gen.start_chat(engine, _chat_request(engine, body), clock, request_id)
+    events = await gen.start_agent(engine, _chat_request(engine, body), loop, clock, request_id)
     with_calls = isinstance(body, wire.ChatRequest)
 
     def head() -> dict[str, Any]:
@@ -209,6 +211,8 @@ async def _run_chat(
                         if body.logprobs and lps:
                             chunk["logprobs"] = _logprobs(lps)
                         yield chunk
+                    case gen.ToolStarted() | gen.ToolFinished():
+                        yield {**head(), **piece(""), "done": False, "ossai_tool": gen.tool_event(event)}
                     case gen.Done(tool_calls=calls, finish_reason=finish, usage=usage):
                         if calls and with_calls:
                             yield {**head(), **piece("", None, _tool_calls(calls)), "done": False}
@@ -228,6 +232,9 @@ async def _run_chat(
     done, lps = await until_disconnect(request, collect(), engine, request_id)
     calls = _tool_calls(done.tool_calls) if with_calls else None
     out = {**head(), **piece(done.content, done.reasoning if show_thinking else None, calls), "done": True}
+    if done.tool_runs:
+        runs = [gen.tool_event(run) for run in done.tool_runs]
+        out.get("message", out)["ossai_tool_runs"] = runs
     out |= clock.stats(done.finish_reason, done.usage)
     if body.logprobs:
         out["logprobs"] = _logprobs(lps)

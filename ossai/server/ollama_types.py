@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ossai.errors import BadRequest
+from ossai.server.openai_types import OssaiOptions
 
 Effort = Literal["low", "medium", "high"]
 MAX_SEED = 2**64 - 1  # the widest seed torch's generator takes; negative seeds mean "random" (Ollama's -1)
@@ -94,6 +95,7 @@ class _Generation(BaseModel):
     format: str | dict[str, Any] | None = None
     options: Options = Field(default_factory=Options)
     keep_alive: float | str | None = None  # how long the model stays loaded after this request
+    ossai: OssaiOptions | None = None  # ossai's extension: built-in tools the server runs
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=20)
 

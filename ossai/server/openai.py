@@ -89,8 +89,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    extension = body.ossai
+    loop = ctx.agent(extension.builtin_tools if extension else None, extension.session if extension else None)
     model = await ctx.use(request, body.model)  # after the checks above: bad input loads nothing
-    events = await gen.start_chat(model.engine, chat, RequestTimer(ctx.metrics), request_id=completion_id)
+    timer = RequestTimer(ctx.metrics)
+    events = await gen.start_agent(model.engine, chat, loop, timer, request_id=completion_id)
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
@@ -103,6 +106,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         message["reasoning_content"] = message["reasoning"] = done.reasoning
     if done.tool_calls:
         message["tool_calls"] = [_tool_call(c) for c in done.tool_calls]
+    if done.tool_runs:
+        message["ossai_tool_runs"] = [gen.tool_event(run) for run in done.tool_runs]
     choice: dict[str, Any] = {
         "index": 0,
         "message": message,
@@ -152,6 +157,8 @@ async def _chat_chunks(
                 yield chunk({"tool_calls": [call_delta]})
             case gen.ToolCallArguments(index=index, text=text):
                 yield chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+            case gen.ToolStarted() | gen.ToolFinished():
+                yield chunk({"ossai_tool": gen.tool_event(event)})
             case gen.Done(finish_reason=finish, usage=usage):
                 yield chunk({}, finish)
                 if include_usage:

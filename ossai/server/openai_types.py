@@ -12,6 +12,16 @@ from ossai.errors import BadRequest
 Effort = Literal["low", "medium", "high"]
 
 
+class OssaiOptions(BaseModel):
+    """ossai's extension field `"ossai": {...}` on chat requests (OpenAI and Ollama): built-in tools the
+    server runs for this request, and the session their state (python variables, browser pages) lives in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    builtin_tools: list[Literal["python", "browser", "mcp"]] = Field(default_factory=list)
+    session: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -69,6 +79,7 @@ class ChatCompletionRequest(_Request):
     reasoning: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    ossai: OssaiOptions | None = None
 
     def effort(self) -> str:
         for candidate in (

@@ -13,6 +13,7 @@ final response, so both forms always agree.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -180,6 +181,85 @@ class _OutputBuilder:
             case gen.ToolCallArguments(text=text) if text and self.kind == "function_call":
                 self.text.append(text)
                 yield self.event("response.function_call_arguments.delta", **self._where(), delta=text)
+            case gen.ToolStarted():
+                yield from self._tool_started(event)
+            case gen.ToolFinished():
+                yield from self._tool_finished(event)
+
+    # Server-run tools become the Responses API's own items: web_search_call (browser),
+    # code_interpreter_call (python) and mcp_call (MCP tools), with their stream events.
+    def _tool_started(self, event: gen.ToolStarted) -> Iterator[StreamEvent]:
+        call = event.call
+        match event.tool:
+            case "browser":
+                item = {"id": new_id("ws"), "type": "web_search_call", "status": "in_progress",
+                        "action": _web_action(call.name, call.arguments, {})}  # fmt: skip
+                yield from self._open(item, None)
+                yield self.event("response.web_search_call.in_progress", **self._where())
+                yield self.event("response.web_search_call.searching", **self._where())
+            case "python":
+                item = {"id": new_id("ci"), "type": "code_interpreter_call", "status": "in_progress",
+                        "code": call.arguments, "container_id": "ossai-python", "outputs": None}  # fmt: skip
+                yield from self._open(item, None)
+                where = self._where()
+                yield self.event("response.code_interpreter_call.in_progress", **where)
+                yield self.event("response.code_interpreter_call_code.delta", **where, delta=call.arguments)
+                yield self.event("response.code_interpreter_call_code.done", **where, code=call.arguments)
+                yield self.event("response.code_interpreter_call.interpreting", **where)
+            case _:
+                server, _, name = call.name.partition("__")
+                item = {"id": new_id("mcp"), "type": "mcp_call", "server_label": server, "name": name,
+                        "arguments": call.arguments, "output": None, "error": None,
+                        "status": "in_progress"}  # fmt: skip
+                yield from self._open(item, None)
+                where = self._where()
+                yield self.event("response.mcp_call.in_progress", **where)
+                yield self.event("response.mcp_call_arguments.delta", **where, delta=call.arguments)
+                yield self.event("response.mcp_call_arguments.done", **where, arguments=call.arguments)
+        self.kind = None  # closed by _tool_finished, not by the next item
+
+    def _tool_finished(self, event: gen.ToolFinished) -> Iterator[StreamEvent]:
+        item, where = self.items[-1], self._where()
+        result = event.result
+        status = "failed" if result.error else "completed"
+        match item["type"]:
+            case "web_search_call":  # the API has no failed event here: the item's status says it
+                item["action"] = _web_action(event.call.name, event.call.arguments, result.data)
+                item["status"] = status
+                yield self.event("response.web_search_call.completed", **where)
+            case "code_interpreter_call":
+                item["outputs"] = [{"type": "logs", "logs": result.text}]
+                item["status"] = status
+                yield self.event("response.code_interpreter_call.completed", **where)
+            case _:
+                if result.error:
+                    item["error"] = {
+                        "type": "mcp_tool_execution_error",
+                        "content": [{"type": "text", "text": result.text}],
+                    }
+                else:
+                    item["output"] = result.text
+                item["status"] = status
+                yield self.event(f"response.mcp_call.{status}", **where)
+        yield self.event("response.output_item.done", output_index=where["output_index"], item=item)
+
+
+def _web_action(name: str, arguments: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The web_search_call action: what the browser tool reports, else read from the call itself."""
+    if isinstance(data.get("action"), dict):
+        return data["action"]
+    try:
+        args = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        args = {}
+    args = args if isinstance(args, dict) else {}
+    match name.removeprefix("browser."):
+        case "search":
+            return {"type": "search", "query": str(args.get("query", ""))}
+        case "open":
+            return {"type": "open_page", "url": str(args.get("id", ""))}
+        case _:
+            return {"type": "find", "pattern": str(args.get("pattern", "")), "url": ""}
 
 
 def _usage(usage: gen.Usage, reasoning: str) -> dict[str, Any]:
@@ -269,6 +349,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
     ctx = context(request)
     store = response_store(request)
     items = body.input_items()
+    previous = None
     if body.previous_response_id is not None:
         previous = await store.get(body.previous_response_id)
         if previous is None:
@@ -289,9 +370,14 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         tool_choice=body.chat_tool_choice(),
     )
     response_id = new_id("resp")
+    session = ((previous.response.get("ossai") or {}).get("session") if previous else None) or response_id
+    loop = ctx.agent(body.builtin_tools(), session)
     model = await ctx.use(request, body.model)
-    events = await gen.start_chat(model.engine, chat, RequestTimer(ctx.metrics), request_id=response_id)
+    timer = RequestTimer(ctx.metrics)
+    events = await gen.start_agent(model.engine, chat, loop, timer, request_id=response_id)
     response = _response(body, response_id, int(time.time()), model.name)
+    if loop is not None:  # later responses in the chain share the tools' state (python variables)
+        response["ossai"] = {"session": session}
     stream = _run(events, response, items, store if body.store else None)
     if body.stream:
         return StreamingResponse(sse_events(stream), media_type="text/event-stream")

@@ -26,10 +26,16 @@ from pydantic import (
 from ossai import harmony
 from ossai.errors import BadRequest
 
-# Tool types of the Responses API that run server-side; a later issue implements them.
-BUILTIN_TOOL_TYPES = frozenset(
-    {"web_search", "web_search_preview", "code_interpreter", "mcp", "file_search", "browser_search"}
-)
+# Tool types of the Responses API that run server-side, and the ossai tool that serves each.
+BUILTIN_TOOL_TYPES = {
+    "web_search": "browser",
+    "web_search_preview": "browser",
+    "web_search_preview_2025_03_11": "browser",
+    "web_search_2025_08_26": "browser",
+    "browser_search": "browser",
+    "code_interpreter": "python",
+    "mcp": "mcp",
+}
 ITEM_ID_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc", "function_call_output": "fco"}
 
 
@@ -87,15 +93,31 @@ class ResponsesRequest(_Wire):
             out["top_p"] = self.top_p
         return out
 
+    def builtin_tools(self) -> list[str]:
+        """The ossai tools the built-in tool types name (web_search → browser, code_interpreter →
+        python, mcp → the MCP servers configured in the ossai home)."""
+        out = []
+        for i, tool in enumerate(self.tools or []):
+            kind = tool.get("type")
+            if kind == "mcp" and tool.get("server_url"):
+                raise BadRequest(
+                    f"tools[{i}]: MCP servers are configured on the ossai server (mcp.json in the ossai "
+                    "home) and named by server_label; server_url is not supported",
+                    param=f"tools[{i}].server_url",
+                )
+            if kind in BUILTIN_TOOL_TYPES:
+                out.append(BUILTIN_TOOL_TYPES[kind])
+        return list(dict.fromkeys(out))
+
     def chat_tools(self) -> list[dict[str, Any]] | None:
-        """Function tools in the chat form `ChatRequest` takes; built-in tool types are refused."""
+        """Function tools in the chat form `ChatRequest` takes (built-in tool types are `builtin_tools`)."""
         if not self.tools:
             return None
         out = []
         for i, tool in enumerate(self.tools):
             kind = tool.get("type")
             if kind in BUILTIN_TOOL_TYPES:
-                raise BadRequest(f"tools[{i}]: tool type {kind!r} is not supported yet", param=f"tools[{i}]")
+                continue
             if kind != "function":
                 raise BadRequest(f"tools[{i}]: unknown tool type {kind!r}", param=f"tools[{i}].type")
             if not isinstance(tool.get("name"), str) or not tool["name"]:
@@ -106,7 +128,7 @@ class ResponsesRequest(_Wire):
             except harmony.HarmonyInputError as exc:
                 raise BadRequest(str(exc), param=f"tools[{i}]") from exc
             out.append({"type": "function", "function": spec})
-        return out
+        return out or None
 
     def chat_tool_choice(self) -> str | dict[str, Any] | None:
         choice = self.tool_choice
@@ -124,9 +146,11 @@ class ResponsesRequest(_Wire):
         )
 
     def echo_tools(self) -> list[dict[str, Any]]:
-        """The function tools as a Response object lists them."""
+        """The tools as a Response object lists them (built-in ones as they were given)."""
         return [
-            {
+            dict(t)
+            if t.get("type") in BUILTIN_TOOL_TYPES
+            else {
                 "type": "function",
                 "name": t.get("name"),
                 "description": t.get("description"),

@@ -3,6 +3,7 @@ run over the server's own OpenAPI schema."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import httpx
@@ -217,3 +218,12 @@ def test_cors_preflight_and_headers(tiny, tmp_path):
         assert "access-control-allow-origin" not in other.headers
     finally:
         handle.stop()
+
+
+def test_curl_style_json_bodies_are_read_as_json(served):
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded; like Ollama, ossai reads it as JSON."""
+    served.engine.script("<|channel|>final<|message|>Hello there.<|return|>")
+    body = json.dumps({"model": MODEL, "messages": HELLO})
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    r = httpx.post(served.url + CHAT, content=body, headers=headers, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello there."
