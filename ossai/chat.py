@@ -192,6 +192,9 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages.clear()
+        if self.tools is not None:  # a new conversation gets a new python session and browser
+            self.tools.end_session(self.session_id)
+            self.session_id = uuid.uuid4().hex
 
     def send(self, text: str, view: View) -> Reply:
         """Ask `text`, stream the reply into `view` and keep the turn in the history.
@@ -205,16 +208,22 @@ class ChatSession:
             reply = self._stream(view)
             while loop is not None and (pending := loop.pending(reply.finish, reply.calls)):
                 runs = []
-                for call in pending:  # the call itself was shown as the model wrote it
-                    run = loop.run(call)
-                    view.tool_result(call.name, run.result.text, run.result.error)
-                    runs.append(run)
+                try:
+                    for call in pending:  # the call itself was shown as the model wrote it
+                        run = loop.run(call)
+                        view.tool_result(call.name, run.result.text, run.result.error)
+                        runs.append(run)
+                except KeyboardInterrupt:  # stop the tool too: its session restarts on the next call
+                    loop.tools.end_session(self.session_id)
+                    view.info("tool call interrupted")
+                    reply.stopped = True
+                    break
                 self.messages += loop.record(reply.reasoning, reply.content, runs)
                 reply = self._stream(view)
             if loop is not None and loop.limit_hit:
                 view.info(f"stopped after {loop.steps} tool calls (the step limit)")
-            elif reply.calls:
-                names = ", ".join(c.name for c in reply.calls)
+            elif reply.calls and not reply.stopped:
+                names = ", ".join(c.name.removeprefix("functions.") for c in reply.calls)
                 view.info(f"the model called {names}, which ossai chat does not run (see --tools)")
         except BaseException:
             del self.messages[start:]
@@ -281,8 +290,7 @@ class ChatSession:
                     view.preamble(text)
                 case harmony.ToolCallEnd(recipient=recipient, arguments=arguments):
                     view.tool_call(recipient, arguments)
-                    name = recipient.removeprefix("functions.")
-                    reply.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", name, arguments))
+                    reply.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", recipient, arguments))
 
     # --- /save and /load -------------------------------------------------------------------------------
 

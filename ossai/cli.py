@@ -68,9 +68,28 @@ def _parse_tokens(text: str) -> list[int]:
 EffortOpt = Annotated[str, typer.Option("--effort", "-e", help="reasoning effort: low, medium or high")]
 
 
+OptionalModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="checkpoint directory or store name; default: the only stored model, or the bundled ossai-demo"
+    ),
+]
+
+
+def _model_or_default(model: str | None) -> str:
+    if model is not None:
+        return model
+    from ossai.store import demo
+
+    name = demo.default_model()
+    if name == demo.NAME:
+        typer.echo(f"ossai: using {demo.NAME}, {demo.DESCRIPTION}", err=True)
+    return name
+
+
 @app.command()
 def generate(
-    model: ModelArg,
+    model: OptionalModelArg = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="prompt text")] = None,
     tokens: Annotated[str | None, typer.Option(help="prompt as comma-separated token ids")] = None,
     raw: Annotated[
@@ -109,7 +128,7 @@ def generate(
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=stops
     )
-    engine = Engine.load(_resolve(model), device=device, threads=threads)
+    engine = Engine.load(_resolve(_model_or_default(model)), device=device, threads=threads)
     try:
         _generate(engine, prompt_ids, params, raw, as_json)
     finally:
@@ -166,7 +185,7 @@ def _generate(engine, prompt_ids: list[int], params, raw: bool, as_json: bool) -
 
 @app.command()
 def chat(
-    model: ModelArg,
+    model: OptionalModelArg = None,
     effort: EffortOpt = "medium",
     system: Annotated[str | None, typer.Option(help="instructions for the assistant")] = None,
     show_reasoning: Annotated[
@@ -211,6 +230,7 @@ def chat(
     )  # checked before the model loads
     from ossai.tools.agent import ToolSet
 
+    model = _model_or_default(model)
     made = _make_tools(_tool_list(tools), python_sandbox, docs)
     engine = Engine.load(_resolve(model), device=device, threads=threads)
     try:
@@ -326,9 +346,10 @@ def serve(
     allow_tools: Annotated[
         str,
         typer.Option(
-            help="tools a request may enable (Responses tools, or the `ossai` extension field); none for none"
+            help="tools a request may enable (Responses tools, or the `ossai` extension field); add mcp to "
+            "let requests use the MCP servers of mcp.json; none for none"
         ),
-    ] = "python,browser,mcp",
+    ] = "python,browser",
     python_sandbox: PythonSandboxOpt = "bwrap",
     docs: DocsOpt = None,
     searxng: SearxngOpt = None,
@@ -395,6 +416,10 @@ def serve(
             max_loaded=pools.DEFAULT_MAX_LOADED if max_loaded_models is None else max_loaded_models,
             on_change=publish,
         )
+        from ossai.store import demo
+
+        if not list_models() and demo.bundled():
+            demo.ensure()  # an empty store serves the bundled demo model
         names = [m.name for m in list_models()]
         what = f"the store ({', '.join(names) or 'empty: POST /api/pull or `ossai pull`'})"
     defaults = _tool_list(tools)
@@ -708,9 +733,11 @@ def import_(
 
 @app.command(name="list")
 def list_(as_json: JsonOpt = False) -> None:
-    """List the models in the store."""
-    from ossai.store import list_models
+    """List the models in the store (with an empty store, the bundled ossai-demo is unpacked into it)."""
+    from ossai.store import demo, list_models
 
+    if not list_models() and demo.bundled():
+        demo.ensure()
     found = list_models()
     if as_json:
         typer.echo(json.dumps([m.to_json() for m in found]))
@@ -725,7 +752,8 @@ def list_(as_json: JsonOpt = False) -> None:
     for column in ("name", "size", "layout", "source", "added"):
         table.add_column(column, justify="right" if column == "size" else "left")
     for m in found:
-        table.add_row(m.name, f"{m.size / 1e9:.2f} GB", m.layout, m.source, m.added)
+        source = m.extra.get("description") or m.source
+        table.add_row(m.name, f"{m.size / 1e9:.2f} GB", m.layout, source, m.added)
     Console().print(table)
 
 

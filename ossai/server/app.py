@@ -91,7 +91,10 @@ class BodyLimitMiddleware:
 
 class CurlJsonMiddleware:
     """`curl -d '{...}'` labels its JSON `application/x-www-form-urlencoded`; Ollama (and most people's
-    muscle memory) accept that, and no route here takes a form, so such bodies are read as JSON."""
+    muscle memory) accept that, and no route here takes a form, so such bodies are read as JSON.
+
+    Only without an `Origin` header: a web page may send a form-encoded POST to any site without asking
+    (a "simple" CORS request), and must not be able to drive this server (and its tools) that way."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -100,7 +103,10 @@ class CurlJsonMiddleware:
         if scope["type"] == "http":
             headers = scope["headers"]
             form = b"application/x-www-form-urlencoded"
-            if any(k == b"content-type" and v.split(b";")[0].strip() == form for k, v in headers):
+            from_page = any(k == b"origin" for k, _ in headers)
+            if not from_page and any(
+                k == b"content-type" and v.split(b";")[0].strip() == form for k, v in headers
+            ):
                 json = b"application/json"
                 scope["headers"] = [(k, json if k == b"content-type" else v) for k, v in headers]
         await self.app(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from fastapi import Request
 
 from ossai.errors import BadRequest
 from ossai.server.metrics import Metrics
+from ossai.server.openai_types import OssaiOptions
 from ossai.server.pool import Loaded, ModelPool, leases_of
 from ossai.tools.agent import DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_S, AgentLoop, ToolSet
 from ossai.tools.base import Tool
@@ -45,8 +47,13 @@ class ServerContext:
         leases_of(request.scope).append(model)
         return model
 
-    def agent(self, names: Sequence[str] | None, session: str | None = None) -> AgentLoop | None:
-        """The agent loop for a request that enables `names` (plus the server's defaults), or None."""
+    def agent(
+        self, request: Request, names: Sequence[str] | None, session: str | None = None
+    ) -> AgentLoop | None:
+        """The agent loop for a request that enables `names` (plus the server's defaults), or None.
+
+        A client's session name is kept apart per API key, so one client cannot open another's python
+        session by guessing its name; without a name the session lasts for this request only."""
         wanted = list(dict.fromkeys([*self.config.default_tools, *(names or ())]))
         if not wanted:
             return None
@@ -59,7 +66,16 @@ class ServerContext:
                 )
         tools = ToolSet([self.config.tools[n] for n in wanted], self.config.tool_max_steps,
                         self.config.tool_timeout_s)  # fmt: skip
-        return AgentLoop(tools, session or uuid.uuid4().hex)
+        if session is None:
+            return AgentLoop(tools, uuid.uuid4().hex, ephemeral=True)
+        owner = hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:16]
+        return AgentLoop(tools, f"{owner}-{session}")
+
+    def agent_for(self, request: Request, extension: OssaiOptions | None) -> AgentLoop | None:
+        """The loop the `ossai` extension field of a chat request (OpenAI or Ollama) asks for."""
+        if extension is None:
+            return self.agent(request, None)
+        return self.agent(request, extension.builtin_tools, extension.session)
 
 
 def context(request: Request) -> ServerContext:

@@ -250,21 +250,44 @@ async def start_agent(
 ) -> AsyncIterator[Event]:
     """`start_chat`, and with a loop: built-in and MCP tool calls are run here and the model continues
     until it answers (or calls a client function, or reaches the step limit). The client sees its own
-    events, `ToolStarted`/`ToolFinished` for each call the server ran, and one `Done` for the whole."""
+    events, `ToolStarted`/`ToolFinished` for each call the server ran, and one `Done` for the whole.
+    `max_tokens` bounds the whole loop's output, not each step's."""
     if loop is None:
         return await start_chat(engine, req, timer, request_id)
     tools = loop.tools
+    clash = set(function_names(req.tools)) & tools.function_names()
+    if clash:
+        raise BadRequest(f"tools: {', '.join(sorted(clash))} is also a tool the server runs (MCP)", "tools")
     req = dataclasses.replace(
         req,
         builtin_tools=(*req.builtin_tools, *tools.builtin_namespaces),
         tools=[*(req.tools or []), *tools.functions()] or None,
     )
     request_id = request_id or f"agent-{uuid.uuid4().hex}"
-    first = await start_chat(engine, req, timer, request_id)  # bad input raises before a response starts
+    try:
+        first = await start_chat(engine, req, timer, request_id)  # bad input raises before a response
+    except BaseException:
+        loop.end()
+        raise
     return _agent_events(engine, req, loop, timer, request_id, first)
 
 
 async def _agent_events(
+    engine: Engine,
+    req: ChatRequest,
+    loop: AgentLoop,
+    timer: TokenObserver | None,
+    request_id: str,
+    events: AsyncIterator[Event],
+) -> AsyncIterator[Event]:
+    try:
+        async for event in _agent_steps(engine, req, loop, timer, request_id, events):
+            yield event
+    finally:
+        await asyncio.to_thread(loop.end)
+
+
+async def _agent_steps(
     engine: Engine,
     req: ChatRequest,
     loop: AgentLoop,
@@ -283,7 +306,7 @@ async def _agent_events(
         shown = 0
         async for event in events:
             match event:
-                case ToolCallBegin(index=index, call=call) if loop.ours(call.name):
+                case ToolCallBegin(index=index, call=call) if loop.ours(call.recipient):
                     hidden.add(index)
                 case ToolCallBegin(call=call):
                     yield ToolCallBegin(shown, call)
@@ -304,24 +327,36 @@ async def _agent_events(
         )
         reasoning += [done.reasoning] if done.reasoning else []
         content += [done.content] if done.content else []
-        calls = [Call(c.id, c.name, c.arguments) for c in done.tool_calls]
+        calls = [Call(c.id, c.recipient, c.arguments) for c in done.tool_calls]
         pending = loop.pending(done.finish_reason, calls)
-        if not pending:
-            theirs = [c for c in done.tool_calls if not loop.ours(c.name)]
-            finish = "length" if loop.limit_hit else done.finish_reason
-            yield Done(finish, usage, "\n\n".join(reasoning), "".join(content), theirs, done.logprobs, runs)
-            return
-        step_runs = []
-        by_id = {c.id: c for c in done.tool_calls}
-        for call in pending:
-            tool = loop.tools.find(call.name)
-            yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
-            run = await asyncio.to_thread(loop.run, call)
-            finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
-            runs.append(finished)
-            step_runs.append(run)
-            yield finished
-        messages += loop.record(done.reasoning, done.content, step_runs)
-        # later steps answer the results: no forced call (tool_choice) and no prefill
-        step = dataclasses.replace(req, messages=messages, tool_choice=None)
-        events = await start_chat(engine, step, timer, f"{request_id}.{loop.steps}")
+        budget = None if req.max_tokens is None else req.max_tokens - usage.completion_tokens
+        finish = "length" if loop.limit_hit else done.finish_reason
+        step: ChatRequest | None = None
+        if pending:
+            step_runs = []
+            by_id = {c.id: c for c in done.tool_calls}
+            for call in pending:
+                tool = loop.tools.find(call.name)
+                yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
+                run = await loop.arun(call)
+                finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
+                runs.append(finished)
+                step_runs.append(run)
+                yield finished
+            messages += loop.record(done.reasoning, done.content, step_runs)
+            # later steps answer the results: no forced call or prefill, but "none" stays "none"
+            choice = "none" if req.tool_choice == "none" else None
+            step = dataclasses.replace(req, messages=messages, tool_choice=choice, max_tokens=budget)
+            if budget is not None and budget < 1:
+                step, finish = None, "length"
+        if step is not None:
+            try:
+                events = await start_chat(engine, step, timer, f"{request_id}.{loop.steps}")
+                continue
+            except ContextLengthError:  # the results filled the context: end with what there is
+                finish = "length"
+        theirs = [c for c in done.tool_calls if not loop.ours(c.recipient)]
+        if finish == "tool_calls" and not theirs:
+            finish = "length"
+        yield Done(finish, usage, "\n\n".join(reasoning), "".join(content), theirs, done.logprobs, runs)
+        return

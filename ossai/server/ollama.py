@@ -188,8 +188,7 @@ async def _run_chat(
     """Chat and non-raw generate: the one generation path, shaped by `piece`."""
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
-    extension = body.ossai
-    loop = ctx.agent(extension.builtin_tools if extension else None, extension.session if extension else None)
+    loop = ctx.agent_for(request, body.ossai)
     model, load_ns = await _use(ctx, request, body)
     clock = _Clock(ctx, load_ns)
     engine = model.engine

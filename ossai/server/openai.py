@@ -89,8 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    extension = body.ossai
-    loop = ctx.agent(extension.builtin_tools if extension else None, extension.session if extension else None)
+    loop = ctx.agent_for(request, body.ossai)
     model = await ctx.use(request, body.model)  # after the checks above: bad input loads nothing
     timer = RequestTimer(ctx.metrics)
     events = await gen.start_agent(model.engine, chat, loop, timer, request_id=completion_id)

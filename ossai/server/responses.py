@@ -259,7 +259,7 @@ def _web_action(name: str, arguments: str, data: dict[str, Any]) -> dict[str, An
         case "open":
             return {"type": "open_page", "url": str(args.get("id", ""))}
         case _:
-            return {"type": "find", "pattern": str(args.get("pattern", "")), "url": ""}
+            return {"type": "find_in_page", "pattern": str(args.get("pattern", "")), "url": ""}
 
 
 def _usage(usage: gen.Usage, reasoning: str) -> dict[str, Any]:
@@ -370,8 +370,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         tool_choice=body.chat_tool_choice(),
     )
     response_id = new_id("resp")
+    # a chain of responses shares the tools' state (python variables); one not stored ends with itself
     session = ((previous.response.get("ossai") or {}).get("session") if previous else None) or response_id
-    loop = ctx.agent(body.builtin_tools(), session)
+    loop = ctx.agent(request, body.builtin_tools(), session if body.store else None)
     model = await ctx.use(request, body.model)
     timer = RequestTimer(ctx.metrics)
     events = await gen.start_agent(model.engine, chat, loop, timer, request_id=response_id)

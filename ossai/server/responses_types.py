@@ -59,6 +59,15 @@ class ResponsesRequest(_Wire):
     input: str | list[Any] = Field(default_factory=list)
     instructions: str | None = None
     tools: list[dict[str, Any]] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_types(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(tools or []):
+            if not isinstance(tool.get("type"), str):
+                raise ValueError(f"tools[{i}].type must be a string such as function or code_interpreter")
+        return tools
+
     tool_choice: str | dict[str, Any] | None = None
     reasoning: ReasoningConfig | None = None
     temperature: float | None = Field(None, ge=0, le=2)

@@ -11,6 +11,7 @@ business; which calls run, with what limits, and what the model sees afterwards 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import time
@@ -32,7 +33,7 @@ _POOL = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="ossai-tool"
 @dataclass(frozen=True, slots=True)
 class Call:
     id: str
-    name: str  # the recipient without `functions.`: python, browser.search, server__tool
+    name: str  # the recipient as the model wrote it: python, browser.search, functions.server__tool
     arguments: str
 
 
@@ -54,8 +55,17 @@ class ToolSet:
     max_steps: int = DEFAULT_MAX_STEPS
     timeout_s: float = DEFAULT_TIMEOUT_S
 
-    def find(self, name: str) -> Tool | None:
-        return next((t for t in self.tools if t.handles(name)), None)
+    def find(self, recipient: str) -> Tool | None:
+        """The tool for a recipient: a built-in namespace (`python`, `browser.open`), or one of the function
+        tools the server added (`functions.files__read`). A client's own function is never ours, even one
+        named `python`: its recipient is `functions.python`."""
+        if recipient.startswith("functions."):
+            name = recipient.removeprefix("functions.")
+            return next((t for t in self.tools if name in _names(t.functions())), None)
+        return next((t for t in self.tools if t.namespace() is not None and t.handles(recipient)), None)
+
+    def function_names(self) -> set[str]:
+        return _names(self.functions())
 
     @property
     def builtin_namespaces(self) -> list[Any]:
@@ -67,32 +77,71 @@ class ToolSet:
         return [spec for t in self.tools for spec in t.functions()]
 
     def run(self, call: Call, session: str) -> Run:
-        """Run one call with the per-call time limit; any failure is an error result, never an exception."""
+        """Run one call (blocking) with the per-call time limit; a failure is an error result."""
         started = time.perf_counter()
+        tool, future = self._submit(call, session)
+        if future is None:
+            return self._finish(call, tool, None, started)
+        try:
+            return self._finish(call, tool, future.result(timeout=self.timeout_s), started)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # not started yet: never starts; started: the tool's own limits end it
+            return self._finish(call, tool, TimeoutError(), started)
+        except Exception as exc:
+            return self._finish(call, tool, exc, started)
+
+    async def arun(self, call: Call, session: str) -> Run:
+        """`run` for asyncio callers: waits without holding a thread of the event loop's executor."""
+        started = time.perf_counter()
+        tool, future = self._submit(call, session)
+        if future is None:
+            return self._finish(call, tool, None, started)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+            return self._finish(call, tool, result, started)
+        except TimeoutError:
+            future.cancel()
+            return self._finish(call, tool, TimeoutError(), started)
+        except Exception as exc:
+            return self._finish(call, tool, exc, started)
+
+    def _submit(self, call: Call, session: str) -> tuple[Tool | None, concurrent.futures.Future | None]:
         tool = self.find(call.name)
+        if tool is None:
+            return None, None
+        return tool, _POOL.submit(tool.call, call.name, call.arguments, session)
+
+    def _finish(self, call: Call, tool: Tool | None, outcome: object, started: float) -> Run:
         if tool is None:
             result = ToolResult(f"Error: no tool named {call.name!r} is available.", error=True)
             return Run(call, call.name, result, 0.0)
-        future = _POOL.submit(tool.call, call.name, call.arguments, session)
-        try:
-            result = future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
+        if isinstance(outcome, ToolResult):
+            result = outcome
+        elif isinstance(outcome, TimeoutError):
             result = ToolResult(f"Error: the {tool.name} call took longer than {self.timeout_s:g} s.", True)
-        except Exception as exc:  # a bug in a tool: the model is told, the request goes on
-            log.exception("tool %s failed", tool.name)
-            result = ToolResult(f"Error: the {tool.name} tool failed ({type(exc).__name__}: {exc}).", True)
+        else:  # a bug in a tool: the model is told, the request goes on
+            log.error("tool %s failed: %r", tool.name, outcome)
+            result = ToolResult(
+                f"Error: the {tool.name} tool failed ({type(outcome).__name__}: {outcome}).", True
+            )
         if len(result.text) > MAX_RESULT_CHARS:
             cut = len(result.text) - MAX_RESULT_CHARS
             result.text = result.text[:MAX_RESULT_CHARS] + f"\n[... {cut} more characters cut]"
         return Run(call, tool.name, result, time.perf_counter() - started)
 
+    def end_session(self, session: str) -> None:
+        for tool in self.tools:
+            tool.end_session(session)
+
 
 class AgentLoop:
-    """The state of one request's loop: the steps taken so far."""
+    """The state of one request's loop: the steps taken so far. An `ephemeral` session was made up for
+    this request alone (the client named none): its state is dropped when the request ends."""
 
-    def __init__(self, tools: ToolSet, session: str):
+    def __init__(self, tools: ToolSet, session: str, ephemeral: bool = False):
         self.tools = tools
         self.session = session
+        self.ephemeral = ephemeral
         self.steps = 0
         self.limit_hit = False
 
@@ -116,6 +165,14 @@ class AgentLoop:
     def run(self, call: Call) -> Run:
         return self.tools.run(call, self.session)
 
+    async def arun(self, call: Call) -> Run:
+        return await self.tools.arun(call, self.session)
+
+    def end(self) -> None:
+        """The request is over: forget a session made up for it."""
+        if self.ephemeral:
+            self.tools.end_session(self.session)
+
     @staticmethod
     def record(reasoning: str, preamble: str, runs: Sequence[Run]) -> list[dict[str, Any]]:
         """The chat messages that carry a tool step into the next generation: the assistant turn (its
@@ -136,3 +193,7 @@ class AgentLoop:
             for r in runs
         ]
         return [turn, *results]
+
+
+def _names(functions: list[dict[str, Any]]) -> set[str]:
+    return {f.get("function", f).get("name") for f in functions}

@@ -51,5 +51,8 @@ class Tool(ABC):
         """Run one call. `arguments` is the raw text the model wrote (JSON for browser and functions,
         code for python). Blocking; never raises for bad arguments or failures outside ossai."""
 
+    def end_session(self, session: str) -> None:  # noqa: B027  (a stateless tool keeps nothing)
+        """Forget one conversation's state now (the server ends sessions it made up for one request)."""
+
     def close(self) -> None:  # noqa: B027  (a tool without sessions has nothing to release)
         """Release every session (processes, connections)."""

@@ -795,6 +795,10 @@ class BrowserTool(Tool):
         config.description = re.sub(r"sources=.*$", hint, config.description)
         return config
 
+    def end_session(self, session: str) -> None:
+        with self._lock:
+            self._sessions.pop(session, None)
+
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
@@ -917,7 +921,7 @@ class BrowserTool(Tool):
             targets=targets,
         )
         state.cache.setdefault(page.url, page)  # a match followed later opens this very page
-        return self._show(state, result, 0, -1, {"type": "find", "pattern": pattern, "url": page.url})
+        return self._show(state, result, 0, -1, {"type": "find_in_page", "pattern": pattern, "url": page.url})
 
     # Helpers
 

@@ -81,7 +81,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -590,6 +590,7 @@ class PythonTool(Tool):
         max_procs: int = 64,
         max_output_chars: int = 16_000,
         idle_expiry_s: float = 900.0,
+        max_sessions: int = 32,
         python: str | None = None,
     ):
         """`workdir_root` holds one directory per session (it should be private to ossai); `hidden` are
@@ -607,6 +608,7 @@ class PythonTool(Tool):
         self.sandbox = sandbox
         self.timeout_s = timeout_s
         self.idle_expiry_s = idle_expiry_s
+        self.max_sessions = max_sessions
         self.max_output_chars = max_output_chars
         self._root = os.geteuid() == 0
         self._python = python or sys.executable
@@ -678,23 +680,39 @@ class PythonTool(Tool):
             return s
 
     def _expire_idle(self) -> None:
+        """Retire sessions idle past the expiry, and the least recently used beyond `max_sessions` (each
+        holds a sandboxed interpreter, so a server must not keep one per request it ever served)."""
         now = time.monotonic()
         with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_expiry_s]
-        for s in idle:
-            if not s.lock.acquire(blocking=False):
-                continue  # a call is running: not idle
-            try:
-                if s.closed or now - s.last_used <= self.idle_expiry_s:
-                    continue
-                s.closed = True
-                with self._lock:
-                    if self._sessions.get(s.key) is s:
-                        del self._sessions[s.key]
-                self._stop(s)
-                _remove_tree(s.workdir)
-            finally:
-                s.lock.release()
+            by_age = sorted(self._sessions.values(), key=lambda s: s.last_used)
+            excess = len(by_age) - self.max_sessions + 1  # room for the session about to be used
+            stale = [s for s in by_age if now - s.last_used > self.idle_expiry_s]
+        for s in stale:  # skipped if it was used since it was listed
+            self._retire(s, lambda s=s: now - s.last_used <= self.idle_expiry_s)
+        for s in by_age[: max(0, excess)]:
+            self._retire(s, lambda: False)
+
+    def end_session(self, session: str) -> None:
+        """Kill a session's interpreter and remove its files now (a conversation that is over)."""
+        with self._lock:
+            s = self._sessions.get(session)
+        if s is not None:
+            self._retire(s, lambda: False)
+
+    def _retire(self, s: _Session, keep: Callable[[], bool]) -> None:
+        if not s.lock.acquire(blocking=False):
+            return  # a call is running: not idle
+        try:
+            if s.closed or keep():
+                return
+            s.closed = True
+            with self._lock:
+                if self._sessions.get(s.key) is s:
+                    del self._sessions[s.key]
+            self._stop(s)
+            _remove_tree(s.workdir)
+        finally:
+            s.lock.release()
 
     @staticmethod
     def _stop(s: _Session) -> None:

@@ -227,3 +227,11 @@ def test_curl_style_json_bodies_are_read_as_json(served):
     headers = {"content-type": "application/x-www-form-urlencoded"}
     r = httpx.post(served.url + CHAT, content=body, headers=headers, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello there."
+
+
+def test_a_web_page_cannot_send_form_encoded_json(served):
+    """A page may POST a form-encoded body to any site without a CORS preflight: not read as JSON."""
+    body = json.dumps({"model": MODEL, "messages": HELLO})
+    headers = {"content-type": "application/x-www-form-urlencoded", "origin": "https://evil.example"}
+    r = httpx.post(served.url + CHAT, content=body, headers=headers, timeout=30)
+    assert r.status_code == 400

@@ -270,6 +270,7 @@ def test_client_disconnect_aborts_generation(served):
         ({"input": "hi", "tools": [{"type": "web_search_preview"}]}, 400, "tools"),  # not offered here
         ({"input": "hi", "tools": [{"type": "mcp", "server_url": "http://x"}]}, 400, "tools[0].server_url"),
         ({"input": "hi", "tools": [{"type": "file_search"}]}, 400, "tools[0].type"),
+        ({"input": "hi", "tools": [{"type": ["x"]}]}, 400, "tools"),
         ({"input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0].name"),
         ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, 400, "input[0].call_id"),
         ({"input": [{"type": "input_image", "image_url": "x"}]}, 400, "input[0]"),

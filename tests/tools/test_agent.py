@@ -255,3 +255,24 @@ def test_tools_the_server_does_not_offer_are_refused(agent):
     assert r.status_code == 400 and "mcp tool is not enabled" in r.json()["error"]["message"]
     body["ossai"] = {"builtin_tools": ["shell"]}
     assert httpx.post(agent.v1 + "/chat/completions", json=body).status_code == 400
+
+
+def test_a_client_function_named_like_a_builtin_is_the_clients(client, agent):
+    """`functions.python` is the client's own function; only the recipient `python` is the sandbox."""
+    mine = [{"type": "function", "function": {"name": "python", "description": "the client's own"}}]
+    agent.engine.script("<|channel|>commentary to=functions.python <|constrain|>json<|message|>{}<|call|>")
+    r = client.chat.completions.create(model=MODEL, messages=ASK, tools=mine, extra_body=TOOLS)
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in r.choices[0].message.tool_calls] == ["python"]
+    assert "ossai_tool_runs" not in (r.choices[0].message.model_extra or {})
+
+
+def test_max_tokens_bounds_the_whole_loop(client, agent, submitted):
+    agent.engine.script(PY_CALL)
+    agent.engine.script(ANSWER)
+    first = len(load_encoding().encode(PY_CALL, allowed_special="all"))
+    r = client.chat.completions.create(model=MODEL, messages=ASK, extra_body=TOOLS, max_tokens=first + 3)
+    assert submitted[1].params.max_tokens == 3  # what the first step left
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens <= first + 3
+    agent.wait_idle()
+    assert agent.engine.pending_scripts() == 0

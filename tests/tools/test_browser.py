@@ -224,7 +224,7 @@ def test_find_gives_citable_matches(tool: BrowserTool, docs: Path):
         "L10: Line 73 of the long file.",
     )
     assert result.data == {
-        "action": {"type": "find", "pattern": "NEEDLE", "url": url},
+        "action": {"type": "find_in_page", "pattern": "NEEDLE", "url": url},
         "title": "Find results for text: `NEEDLE` in `long.txt`",
         "url": url,
         "cursor": 1,
