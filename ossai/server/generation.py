@@ -280,83 +280,71 @@ async def _agent_events(
     request_id: str,
     events: AsyncIterator[Event],
 ) -> AsyncIterator[Event]:
-    try:
-        async for event in _agent_steps(engine, req, loop, timer, request_id, events):
-            yield event
-    finally:
-        await asyncio.to_thread(loop.end)
-
-
-async def _agent_steps(
-    engine: Engine,
-    req: ChatRequest,
-    loop: AgentLoop,
-    timer: TokenObserver | None,
-    request_id: str,
-    events: AsyncIterator[Event],
-) -> AsyncIterator[Event]:
     messages = list(req.messages)
     usage = Usage()
     reasoning: list[str] = []
     content: list[str] = []
     runs: list[ToolFinished] = []
-    while True:
-        done: Done | None = None
-        hidden: set[int] = set()  # indexes of this step's calls the server runs: not the client's
-        shown = 0
-        async for event in events:
-            match event:
-                case ToolCallBegin(index=index, call=call) if loop.ours(call.recipient):
-                    hidden.add(index)
-                case ToolCallBegin(call=call):
-                    yield ToolCallBegin(shown, call)
-                    shown += 1
-                case ToolCallArguments(index=index) if index in hidden:
-                    pass
-                case ToolCallArguments(text=text):
-                    yield ToolCallArguments(shown - 1, text)
-                case Done():
-                    done = event
-                case _:
-                    yield event
-        assert done is not None
-        usage = Usage(
-            usage.prompt_tokens + done.usage.prompt_tokens,
-            usage.completion_tokens + done.usage.completion_tokens,
-            usage.cached_tokens + done.usage.cached_tokens,
-        )
-        reasoning += [done.reasoning] if done.reasoning else []
-        content += [done.content] if done.content else []
-        calls = [Call(c.id, c.recipient, c.arguments) for c in done.tool_calls]
-        pending = loop.pending(done.finish_reason, calls)
-        budget = None if req.max_tokens is None else req.max_tokens - usage.completion_tokens
-        finish = "length" if loop.limit_hit else done.finish_reason
-        step: ChatRequest | None = None
-        if pending:
-            step_runs = []
-            by_id = {c.id: c for c in done.tool_calls}
-            for call in pending:
-                tool = loop.tools.find(call.name)
-                yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
-                run = await loop.arun(call)
-                finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
-                runs.append(finished)
-                step_runs.append(run)
-                yield finished
-            messages += loop.record(done.reasoning, done.content, step_runs)
-            # later steps answer the results: no forced call or prefill, but "none" stays "none"
-            choice = "none" if req.tool_choice == "none" else None
-            step = dataclasses.replace(req, messages=messages, tool_choice=choice, max_tokens=budget)
-            if budget is not None and budget < 1:
-                step, finish = None, "length"
-        if step is not None:
-            try:
-                events = await start_chat(engine, step, timer, f"{request_id}.{loop.steps}")
-                continue
-            except ContextLengthError:  # the results filled the context: end with what there is
+    try:
+        while True:
+            done: Done | None = None
+            hidden: set[int] = set()  # indexes of this step's calls the server runs: not the client's
+            shown = 0
+            async for event in events:
+                match event:
+                    case ToolCallBegin(index=index, call=call) if loop.ours(call.recipient):
+                        hidden.add(index)
+                    case ToolCallBegin(call=call):
+                        yield ToolCallBegin(shown, call)
+                        shown += 1
+                    case ToolCallArguments(index=index) if index in hidden:
+                        pass
+                    case ToolCallArguments(text=text):
+                        yield ToolCallArguments(shown - 1, text)
+                    case Done():
+                        done = event
+                    case _:
+                        yield event
+            assert done is not None
+            usage = Usage(
+                usage.prompt_tokens + done.usage.prompt_tokens,
+                usage.completion_tokens + done.usage.completion_tokens,
+                usage.cached_tokens + done.usage.cached_tokens,
+            )
+            reasoning += [done.reasoning] if done.reasoning else []
+            content += [done.content] if done.content else []
+            calls = [Call(c.id, c.recipient, c.arguments) for c in done.tool_calls]
+            pending = loop.pending(done.finish_reason, calls)
+            budget = None if req.max_tokens is None else req.max_tokens - usage.completion_tokens
+            finish = "length" if loop.limit_hit else done.finish_reason
+            step: ChatRequest | None = None
+            if pending:
+                step_runs = []
+                by_id = {c.id: c for c in done.tool_calls}
+                for call in pending:
+                    tool = loop.tools.find(call.name)
+                    yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
+                    run = await loop.arun(call)
+                    finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
+                    runs.append(finished)
+                    step_runs.append(run)
+                    yield finished
+                messages += loop.record(done.reasoning, done.content, step_runs)
+                # later steps answer the results: no forced call or prefill, but "none" stays "none"
+                choice = "none" if req.tool_choice == "none" else None
+                step = dataclasses.replace(req, messages=messages, tool_choice=choice, max_tokens=budget)
+                if budget is not None and budget < 1:
+                    step, finish = None, "length"
+            if step is not None:
+                try:
+                    events = await start_chat(engine, step, timer, f"{request_id}.{loop.steps}")
+                    continue
+                except ContextLengthError:  # the results filled the context: end with what there is
+                    finish = "length"
+            theirs = [c for c in done.tool_calls if not loop.ours(c.recipient)]
+            if finish == "tool_calls" and not theirs:
                 finish = "length"
-        theirs = [c for c in done.tool_calls if not loop.ours(c.recipient)]
-        if finish == "tool_calls" and not theirs:
-            finish = "length"
-        yield Done(finish, usage, "\n\n".join(reasoning), "".join(content), theirs, done.logprobs, runs)
-        return
+            yield Done(finish, usage, "\n\n".join(reasoning), "".join(content), theirs, done.logprobs, runs)
+            return
+    finally:
+        await asyncio.to_thread(loop.end)  # a session made up for this request ends with it

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ossai.config import EngineConfig
+from ossai.engine import Request as EngineRequest
 from ossai.server.app import create_app
 from ossai.server.context import ServerConfig
 from ossai.testing.scripted import ScriptedEngine
@@ -72,6 +73,19 @@ class Served:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.engine.close()
+
+
+def record_submissions(engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch) -> list[EngineRequest]:
+    """Every engine request submitted from now on (prompt tokens, sampling), in order."""
+    seen: list[EngineRequest] = []
+    original = engine.submit
+
+    def record(request: EngineRequest):
+        seen.append(request)
+        return original(request)
+
+    monkeypatch.setattr(engine, "submit", record)
+    return seen
 
 
 def free_port() -> int:

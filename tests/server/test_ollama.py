@@ -15,7 +15,15 @@ import pytest
 
 from ossai import __version__, harmony
 from ossai.engine import Request as EngineRequest
-from tests.server.conftest import ANSWER, CHAT_TOOLS, MODEL, REASONED, REASONING, TOOL_CALL
+from tests.server.conftest import (
+    ANSWER,
+    CHAT_TOOLS,
+    MODEL,
+    REASONED,
+    REASONING,
+    TOOL_CALL,
+    record_submissions,
+)
 
 TOOLS = CHAT_TOOLS
 ASK = [{"role": "user", "content": "What is 2+2?"}]
@@ -34,15 +42,7 @@ def client(served) -> ollama.Client:
 
 @pytest.fixture
 def submitted(served, monkeypatch) -> list[EngineRequest]:
-    seen: list[EngineRequest] = []
-    original = served.engine.submit
-
-    def record(request: EngineRequest):
-        seen.append(request)
-        return original(request)
-
-    monkeypatch.setattr(served.engine, "submit", record)
-    return seen
+    return record_submissions(served.engine, monkeypatch)
 
 
 # --- chat -----------------------------------------------------------------------------------------------

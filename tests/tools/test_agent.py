@@ -29,7 +29,7 @@ from ossai.harmony import load_encoding
 from ossai.testing.scripted import ScriptedEngine
 from ossai.tools.browser import BrowserTool, LocalIndex
 from ossai.tools.python import PythonTool
-from tests.server.conftest import CHAT_TOOLS, MODEL, Served, start_server
+from tests.server.conftest import CHAT_TOOLS, MODEL, Served, record_submissions, start_server
 
 THINK = "Compute it with python."
 CODE = "print(6*7)"
@@ -76,15 +76,7 @@ def agent(tiny, docs, tmp_path_factory) -> Iterator[Served]:
 
 @pytest.fixture
 def submitted(agent, monkeypatch) -> list[EngineRequest]:
-    seen: list[EngineRequest] = []
-    original = agent.engine.submit
-
-    def record(request: EngineRequest):
-        seen.append(request)
-        return original(request)
-
-    monkeypatch.setattr(agent.engine, "submit", record)
-    return seen
+    return record_submissions(agent.engine, monkeypatch)
 
 
 @pytest.fixture
