@@ -1,12 +1,11 @@
 # ossai: two commands on a fresh machine.
-#   make run    create .venv, install everything, start ossai serve on a model that needs no download
+#   make run    create .venv, install everything, start ossai serve on the bundled ossai-demo model
 #   make test   install what the tests need and run them (lint included)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
-DEMO   := $(VENV)/ossai-random-tiny
 
 .PHONY: run test install install-test lint clean
 
@@ -37,13 +36,10 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(DEMO)/original/config.json: | $(VENV)/.installed
-	$(PY) -m ossai.testing.checkpoint --preset tiny --seed 0 --out $(DEMO)
-
-run: $(VENV)/.installed $(DEMO)/original/config.json
-	@echo "ossai: serving a random-weight tiny gpt-oss ($(DEMO)) on http://127.0.0.1:8000 -- its replies are"
-	@echo "       noise by construction; point ossai serve at real gpt-oss weights for real use"
-	$(VENV)/bin/ossai serve $(DEMO) --name ossai-random-tiny --port 8000
+run: $(VENV)/.installed
+	@echo "ossai: serving the model store on http://127.0.0.1:8000; with an empty store that is ossai-demo,"
+	@echo "       a tiny model for trying ossai (ossai pull gpt-oss:20b for real use)"
+	$(VENV)/bin/ossai serve --port 8000
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

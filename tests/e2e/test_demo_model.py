@@ -1,0 +1,70 @@
+"""The shipped ossai-demo through a real `ossai serve` and the official openai SDK: the bundled archive
+unpacks, loads through the normal path, reasons before it answers, and calls the python built-in through
+the agent loop. (Its arithmetic is not reliable yet: see BENCHMARKS.md, issue 10.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from ossai.store import demo
+from tests.server.conftest import spawn_server
+
+pytestmark = pytest.mark.skipif(not demo.bundled(), reason="this build bundles no ossai-demo")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory) -> Iterator[openai.OpenAI]:
+    home = tmp_path_factory.mktemp("demo-home")
+    proc, url = spawn_server(["--kv-cache-mb", "64"], home)  # an empty store: the demo model is served
+    try:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_the_empty_store_serves_the_demo_model(client):
+    assert [m.id for m in client.models.list()] == [demo.NAME]
+
+
+def test_it_reasons_then_answers(client):
+    r = client.chat.completions.create(
+        model=demo.NAME,
+        messages=[{"role": "user", "content": "What is 12 plus 5?"}],
+        temperature=0,
+        reasoning_effort="low",
+    )
+    message = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop"
+    assert message.model_extra["reasoning_content"].strip()  # the analysis channel, parsed
+    assert message.content.strip() and "<|" not in message.content
+
+
+def test_it_calls_python_through_the_agent_loop(client):
+    response = client.responses.create(
+        model=demo.NAME,
+        input="What's the factorial of 19?",
+        tools=[{"type": "code_interpreter"}],
+        temperature=0,
+        reasoning={"effort": "low"},
+    )
+    calls = [item for item in response.output if item.type == "code_interpreter_call"]
+    assert calls and "factorial" in calls[0].code
+    assert calls[0].status == "completed" and calls[0].outputs[0].logs.strip() == "121645100408832000"
+    assert response.output[-1].type == "message" and response.output_text.strip()
+
+
+def test_effort_changes_the_reasoning(client):
+    lengths = {}
+    for effort in ("low", "high"):
+        r = client.chat.completions.create(
+            model=demo.NAME,
+            messages=[{"role": "user", "content": "What is 7 times 6?"}],
+            temperature=0,
+            reasoning_effort=effort,
+        )
+        lengths[effort] = len(r.choices[0].message.model_extra["reasoning_content"])
+    assert lengths["high"] > 2 * lengths["low"]
