@@ -866,7 +866,12 @@ class PythonTool(Tool):
             elif path.is_dir():
                 argv += ["--ro-bind", name, name]
                 mounted.append(path)
-        made: set[Path] = set()
+        # the private /tmp and /dev/shm first: an interpreter (a virtualenv) under /tmp is bound on top
+        size = str(self._limits["memory_mb"] << 20)
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
+        argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+        made: set[Path] = {Path("/tmp"), Path("/dev"), Path("/dev/shm")}  # keep their modes
         for path in sorted(self._runtime, key=lambda p: len(p.parts)):
             if any(_inside(path, m) for m in mounted):
                 continue
@@ -880,10 +885,6 @@ class PythonTool(Tool):
             if path.exists() and any(_inside(path, m) and path != m for m in mounted):
                 # an empty file, not /dev/null: devices do not open on bwrap's nodev mounts
                 argv += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", str(empty), str(path)]
-        size = str(self._limits["memory_mb"] << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
-        argv += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
         argv += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_DIR)]
         argv += ["--bind", str(workdir), SANDBOX_DIR]
         argv += ["--remount-ro", "/", "--chdir", "/", "--"]  # the worker enters /mnt/data as its user
