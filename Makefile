@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: run test install install-test lint clean
+.PHONY: run test install install-test lint clean web
 
 # torch first and pinned: the CPU wheel. Every later install sees torch satisfied and never pulls a CUDA build.
 $(VENV)/.torch:
@@ -24,12 +24,31 @@ $(VENV)/.system: | $(VENV)/.torch
 	  || echo "warning: bubblewrap not installed: the python tool will refuse to run (see README)" >&2
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.torch $(VENV)/.system pyproject.toml ossai/kernels/cpu/mxfp4.cpp
+# The web client's browser dependencies (marked, DOMPurify, highlight.js, KaTeX): the npm registry's
+# packages pinned by package-lock.json, copied into ossai/web/vendor/ (not committed).
+ossai/web/vendor/.built: package.json package-lock.json scripts/build-web.mjs
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js and npm" \
+	  "(Debian: apt-get install nodejs npm) to build the web client" >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	node scripts/build-web.mjs
+
+web: ossai/web/vendor/.built
+
+$(VENV)/.installed: $(VENV)/.torch $(VENV)/.system pyproject.toml ossai/kernels/cpu/mxfp4.cpp | ossai/web/vendor/.built
 	$(PIP) install -e .
 	$(PY) -c "from ossai.kernels import cpu; cpu.load(required=True)"  # compile the CPU kernels now
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+# chromium runs the browser tests (tests/web: Playwright drives Debian's build; nothing is downloaded at run
+# time); installed when missing (root, or via sudo), for `make test` only.
+$(VENV)/.system-test: | $(VENV)/.torch
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; } \
+	  || echo "warning: chromium not installed: the browser tests (tests/web) cannot run" >&2
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed $(VENV)/.system-test pyproject.toml
 	$(PIP) install -e '.[test]'
 	@touch $@
 
@@ -52,4 +71,4 @@ test: $(VENV)/.installed-test
 	exit $$rc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info node_modules ossai/web/vendor

@@ -35,6 +35,13 @@ class Conflict(OssaiError):
     code = "conflict"
 
 
+class TooLarge(OssaiError):
+    """Something the client sent is over a size limit (a stored conversation, a message)."""
+
+    status = 413
+    code = "too_large"
+
+
 class Busy(OssaiError):
     status = 503
     code = "busy"

@@ -1,8 +1,9 @@
 """`create_app(engine_or_pool, config)`: the FastAPI app behind `ossai serve`.
 
 Pure-ASGI middlewares, outermost first: request counting (by route and status, for /metrics), the body
-size limit (413), API-key auth (401 on every API route but /health), CORS, and the model leases (a
-request's model stays loaded until its response has been sent).
+size limit (413), API-key auth (401 on every API route but /health, and the web client's page and files,
+which ask for the key themselves), CORS, and the model leases (a request's model stays loaded until its
+response has been sent).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ossai import __version__
 from ossai.engine import Engine
-from ossai.server import errors, ollama, openai, responses
+from ossai.server import confirm, conversations, errors, ollama, openai, responses, stats, web
 from ossai.server.context import ServerConfig, ServerContext, context
 from ossai.server.metrics import Metrics
 from ossai.server.pool import LeaseMiddleware, ModelPool
 
-PROTECTED = ("/v1", "/api", "/metrics")
+PROTECTED = ("/v1", "/api", "/metrics", "/ossai")
 
 
 async def _send_error(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
@@ -161,6 +162,11 @@ def create_app(served: Engine | ModelPool, config: ServerConfig) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(responses.router)
     app.include_router(ollama.router)
+    app.include_router(conversations.router)
+    app.include_router(stats.router)
+    app.include_router(confirm.router)
+    app.include_router(web.router)
+    stats.prime()  # psutil's CPU percentages need a first sample to compare with
 
     @app.get("/health")
     async def health(request: Request) -> dict:

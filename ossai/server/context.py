@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from fastapi import Request
 
 from ossai.errors import BadRequest
+from ossai.server.confirm import CONFIRM_TIMEOUT_S, Confirmations, ConfirmGate, owner_of
 from ossai.server.metrics import Metrics
 from ossai.server.openai_types import OssaiOptions
 from ossai.server.pool import Loaded, ModelPool, leases_of
@@ -32,6 +32,8 @@ class ServerConfig:
     default_tools: tuple[str, ...] = ()  # enabled for every chat request
     tool_max_steps: int = DEFAULT_MAX_STEPS
     tool_timeout_s: float = DEFAULT_TIMEOUT_S
+    confirm_timeout_s: float = CONFIRM_TIMEOUT_S  # how long a call waits for the user's confirmation
+    web_dir: Path | None = None  # the web client's files; None: the package's ossai/web
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ServerContext:
     config: ServerConfig
     metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))
+    confirmations: Confirmations = field(default_factory=Confirmations)  # calls waiting for the user
 
     async def use(self, request: Request, name: str, keep_alive: float | str | None = None) -> Loaded:
         """The model a request names, loaded and leased until its response has been sent."""
@@ -68,14 +71,25 @@ class ServerContext:
                         self.config.tool_timeout_s)  # fmt: skip
         if session is None:
             return AgentLoop(tools, uuid.uuid4().hex, ephemeral=True)
-        owner = hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:16]
-        return AgentLoop(tools, f"{owner}-{session}")
+        return AgentLoop(tools, f"{owner_of(request)}-{session}")
 
     def agent_for(self, request: Request, extension: OssaiOptions | None) -> AgentLoop | None:
         """The loop the `ossai` extension field of a chat request (OpenAI or Ollama) asks for."""
         if extension is None:
             return self.agent(request, None)
         return self.agent(request, extension.builtin_tools, extension.session)
+
+    def confirm_gate(
+        self, request: Request, extension: OssaiOptions | None, stream: bool
+    ) -> ConfirmGate | None:
+        """The calls a chat request asks to confirm before they run (`ossai.confirm`), or None. Only a
+        streamed request can be asked: the question goes out in the stream."""
+        if extension is None or not extension.confirm:
+            return None
+        if not stream:
+            raise BadRequest("ossai.confirm needs a streamed request (stream: true)", "ossai.confirm")
+        tools = [self.config.tools[n] for n in dict.fromkeys(extension.confirm) if n in self.config.tools]
+        return ConfirmGate(self.confirmations, owner_of(request), tools, self.config.confirm_timeout_s)
 
 
 def context(request: Request) -> ServerContext:

@@ -21,7 +21,8 @@ from ossai import harmony
 from ossai.config import SamplingParams
 from ossai.engine import Engine, Request, RequestStream, TokenLogprob
 from ossai.errors import BadRequest, ContextLengthError
-from ossai.tools.agent import AgentLoop, Call
+from ossai.server.confirm import DECLINED, ConfirmGate
+from ossai.tools.agent import AgentLoop, Call, Run
 from ossai.tools.base import ToolResult
 
 
@@ -87,6 +88,14 @@ class ToolStarted:
 
 
 @dataclass(slots=True)
+class ToolAwaitingConfirmation:
+    """A tool call the server will run once the user confirms it (`ossai.confirm`)."""
+
+    call: ToolCall
+    tool: str
+
+
+@dataclass(slots=True)
 class ToolFinished:
     call: ToolCall
     tool: str
@@ -105,7 +114,10 @@ class Done:
     tool_runs: list[ToolFinished] = field(default_factory=list)  # what the server ran on the way
 
 
-Event = ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | ToolStarted | ToolFinished | Done
+Event = (
+    ReasoningText | ContentText | ToolCallBegin | ToolCallArguments | ToolAwaitingConfirmation | ToolStarted
+    | ToolFinished | Done
+)  # fmt: skip
 
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what may follow `functions.` in a harmony header
@@ -228,11 +240,14 @@ async def _events(
 # --- the agent loop: tool calls the server runs ---------------------------------------------------------
 
 
-def tool_event(event: ToolStarted | ToolFinished) -> dict[str, Any]:
+def tool_event(event: ToolAwaitingConfirmation | ToolStarted | ToolFinished) -> dict[str, Any]:
     """A tool call the server ran, as the chat APIs' extension (`ossai_tool` in stream chunks, and
-    `ossai_tool_runs` on the final message): status running, then completed or failed with its output."""
+    `ossai_tool_runs` on the final message): status running (after awaiting_confirmation when the request
+    asked to confirm it), then completed or failed with its output."""
     call = event.call
     out: dict[str, Any] = {"id": call.id, "tool": event.tool, "name": call.name, "arguments": call.arguments}
+    if isinstance(event, ToolAwaitingConfirmation):
+        return out | {"status": "awaiting_confirmation"}
     if isinstance(event, ToolStarted):
         return out | {"status": "running"}
     result = event.result
@@ -247,11 +262,13 @@ async def start_agent(
     loop: AgentLoop | None,
     timer: TokenObserver | None = None,
     request_id: str | None = None,
+    confirm: ConfirmGate | None = None,
 ) -> AsyncIterator[Event]:
     """`start_chat`, and with a loop: built-in and MCP tool calls are run here and the model continues
     until it answers (or calls a client function, or reaches the step limit). The client sees its own
     events, `ToolStarted`/`ToolFinished` for each call the server ran, and one `Done` for the whole.
-    `max_tokens` bounds the whole loop's output, not each step's."""
+    `max_tokens` bounds the whole loop's output, not each step's. With `confirm`, a call of the tools
+    it names is announced (`ToolAwaitingConfirmation`) and waits for the user's answer first."""
     if loop is None:
         return await start_chat(engine, req, timer, request_id)
     tools = loop.tools
@@ -269,7 +286,7 @@ async def start_agent(
     except BaseException:
         loop.end()
         raise
-    return _agent_events(engine, req, loop, timer, request_id, first)
+    return _agent_events(engine, req, loop, timer, request_id, first, confirm)
 
 
 async def _agent_events(
@@ -279,6 +296,7 @@ async def _agent_events(
     timer: TokenObserver | None,
     request_id: str,
     events: AsyncIterator[Event],
+    confirm: ConfirmGate | None = None,
 ) -> AsyncIterator[Event]:
     messages = list(req.messages)
     usage = Usage()
@@ -289,6 +307,7 @@ async def _agent_events(
         while True:
             done: Done | None = None
             hidden: set[int] = set()  # indexes of this step's calls the server runs: not the client's
+            step_reasoning = False
             shown = 0
             async for event in events:
                 match event:
@@ -303,6 +322,13 @@ async def _agent_events(
                         yield ToolCallArguments(shown - 1, text)
                     case Done():
                         done = event
+                    case ReasoningText() if reasoning and not step_reasoning:
+                        step_reasoning = True  # the streamed reasoning reads as the final one: steps apart
+                        yield ReasoningText("\n\n")
+                        yield event
+                    case ReasoningText():
+                        step_reasoning = True
+                        yield event
                     case _:
                         yield event
             assert done is not None
@@ -323,8 +349,20 @@ async def _agent_events(
                 by_id = {c.id: c for c in done.tool_calls}
                 for call in pending:
                     tool = loop.tools.find(call.name)
-                    yield ToolStarted(by_id[call.id], tool.name if tool else call.name)
-                    run = await loop.arun(call)
+                    name = tool.name if tool else call.name
+                    approved = True
+                    if confirm is not None and confirm.wants(tool):
+                        answer = confirm.open(call.id)  # before the question goes out: it may come fast
+                        try:
+                            yield ToolAwaitingConfirmation(by_id[call.id], name)
+                            approved = await confirm.wait(answer)
+                        finally:  # also when the client went away: nobody can answer any more
+                            confirm.close(call.id)
+                    if approved:
+                        yield ToolStarted(by_id[call.id], name)
+                        run = await loop.arun(call)
+                    else:
+                        run = Run(call, name, ToolResult(DECLINED, error=True), 0.0)
                     finished = ToolFinished(by_id[call.id], run.tool, run.result, run.seconds)
                     runs.append(finished)
                     step_runs.append(run)

@@ -188,11 +188,12 @@ async def _run_chat(
     """Chat and non-raw generate: the one generation path, shaped by `piece`."""
     _, show_thinking = body.reasoning()
     request_id = f"ollama-{uuid.uuid4().hex}"
+    gate = ctx.confirm_gate(request, body.ossai, body.stream)
     loop = ctx.agent_for(request, body.ossai)
     model, load_ns = await _use(ctx, request, body)
     clock = _Clock(ctx, load_ns)
     engine = model.engine
-    events = await gen.start_agent(engine, _chat_request(engine, body), loop, clock, request_id)
+    events = await gen.start_agent(engine, _chat_request(engine, body), loop, clock, request_id, gate)
     with_calls = isinstance(body, wire.ChatRequest)
 
     def head() -> dict[str, Any]:
@@ -210,7 +211,7 @@ async def _run_chat(
                         if body.logprobs and lps:
                             chunk["logprobs"] = _logprobs(lps)
                         yield chunk
-                    case gen.ToolStarted() | gen.ToolFinished():
+                    case gen.ToolAwaitingConfirmation() | gen.ToolStarted() | gen.ToolFinished():
                         yield {**head(), **piece(""), "done": False, "ossai_tool": gen.tool_event(event)}
                     case gen.Done(tool_calls=calls, finish_reason=finish, usage=usage):
                         if calls and with_calls:

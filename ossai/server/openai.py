@@ -89,10 +89,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    gate = ctx.confirm_gate(request, body.ossai, body.stream)
     loop = ctx.agent_for(request, body.ossai)
     model = await ctx.use(request, body.model)  # after the checks above: bad input loads nothing
     timer = RequestTimer(ctx.metrics)
-    events = await gen.start_agent(model.engine, chat, loop, timer, request_id=completion_id)
+    events = await gen.start_agent(model.engine, chat, loop, timer, request_id=completion_id, confirm=gate)
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
@@ -156,7 +157,7 @@ async def _chat_chunks(
                 yield chunk({"tool_calls": [call_delta]})
             case gen.ToolCallArguments(index=index, text=text):
                 yield chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
-            case gen.ToolStarted() | gen.ToolFinished():
+            case gen.ToolAwaitingConfirmation() | gen.ToolStarted() | gen.ToolFinished():
                 yield chunk({"ossai_tool": gen.tool_event(event)})
             case gen.Done(finish_reason=finish, usage=usage):
                 yield chunk({}, finish)

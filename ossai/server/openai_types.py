@@ -14,11 +14,13 @@ Effort = Literal["low", "medium", "high"]
 
 class OssaiOptions(BaseModel):
     """ossai's extension field `"ossai": {...}` on chat requests (OpenAI and Ollama): built-in tools the
-    server runs for this request, and the session their state (python variables, browser pages) lives in."""
+    server runs for this request, the session their state (python variables, browser pages) lives in, and
+    the tools whose calls wait for the user's confirmation (streamed requests only)."""
 
     model_config = ConfigDict(extra="forbid")
 
     builtin_tools: list[Literal["python", "browser", "mcp"]] = Field(default_factory=list)
+    confirm: list[Literal["python", "browser", "mcp"]] = Field(default_factory=list)  # wait for the user
     session: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 
 

@@ -156,8 +156,8 @@ class _OutputBuilder:
 
     def add(self, event: gen.Event) -> Iterator[StreamEvent]:
         match event:
-            case gen.ReasoningText(text=text) if text:
-                if self.kind != "reasoning":
+            case gen.ReasoningText(text=text) if text.strip() or (text and self.kind == "reasoning"):
+                if self.kind != "reasoning":  # (the blank line between agent steps opens no item)
                     item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": []}
                     yield from self._open(
                         item | {"status": "in_progress"}, {"type": "reasoning_text", "text": ""}

@@ -140,7 +140,8 @@ def test_chat_completions_stream_shows_each_tool_call(client, agent):
         assert not delta.tool_calls
     assert [e["status"] for e in tool_events] == ["running", "completed"]
     assert tool_events[0]["arguments"] == CODE and tool_events[1]["output"].strip() == "42"
-    assert "".join(content) == FINAL and THINK in "".join(reasoning)
+    assert "".join(content) == FINAL
+    assert "".join(reasoning) == f"{THINK}\n\nThe output is 42."  # steps apart, as in the final message
 
 
 def test_state_persists_across_requests_of_one_session(client, agent):
