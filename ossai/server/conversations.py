@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ossai.errors import BadRequest, Conflict, NotFound, TooLarge
+from ossai.server.confirm import owner_of
 from ossai.server.context import context
 
 MAX_MESSAGES = 2000
@@ -101,7 +102,9 @@ def parse(data: Any, where: str = "") -> ConversationIn:
             message += "system, settings, messages and active)"
         raise BadRequest(f"{param}: {message}" if param else message, param or None) from None
     try:
-        json.dumps(conversation.model_dump(), allow_nan=False)
+        json.dumps(conversation.model_dump(), allow_nan=False, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # "\ud83d" alone is valid JSON but no text: SQLite and UTF-8 refuse it
+        raise BadRequest(f"{where or 'the conversation'} holds an unpaired UTF-16 surrogate") from None
     except ValueError:
         raise BadRequest(f"{where or 'the conversation'} holds NaN or Infinity, which JSON cannot") from None
     _check_tree(conversation, where)
@@ -148,6 +151,7 @@ def _m001_conversations(db: sqlite3.Connection) -> None:
     db.execute(
         """CREATE TABLE conversations (
             id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,     -- a hash of the API key that made it ('' on a server without keys)
             rev INTEGER NOT NULL,
             created REAL NOT NULL,
             updated REAL NOT NULL,
@@ -157,10 +161,13 @@ def _m001_conversations(db: sqlite3.Connection) -> None:
             model TEXT,
             messages INTEGER NOT NULL,
             search TEXT NOT NULL,    -- the title and the messages' text, casefolded, for ?q=
+            text TEXT NOT NULL,      -- the same, as written: the snippets come from it
             body TEXT NOT NULL       -- the whole conversation, as JSON
         )"""
     )
-    db.execute("CREATE INDEX conversations_updated ON conversations (updated DESC) WHERE deleted IS NULL")
+    db.execute(
+        "CREATE INDEX conversations_updated ON conversations (owner, updated DESC) WHERE deleted IS NULL"
+    )
 
 
 MIGRATIONS: list[Migration] = [_m001_conversations]  # applied in order; PRAGMA user_version counts them
@@ -235,16 +242,16 @@ class ConversationStore:
         return out
 
     @staticmethod
-    def _row(document: dict[str, Any]) -> tuple[str, int, float, float, str, str, Any, int, str, str]:
+    def _row(document: dict[str, Any]) -> tuple[str, int, float, float, str, str, Any, int, str, str, str]:
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
         if len(body.encode()) > MAX_CONVERSATION_BYTES:
             raise TooLarge(
                 f"the conversation is {len(body.encode())} bytes; at most {MAX_CONVERSATION_BYTES} are kept"
             )
-        search = "\n".join(_texts(document)).casefold()
+        text = "\n".join(_texts(document))
         return (document["id"], document["rev"], document["created"], document["updated"],
                 document["title"], document["mode"], document["model"], len(document["messages"]),
-                search, body)  # fmt: skip
+                text.casefold(), text, body)  # fmt: skip
 
     @staticmethod
     def _load(row: sqlite3.Row) -> dict[str, Any]:
@@ -253,15 +260,21 @@ class ConversationStore:
                            "updated": row["updated"]}  # fmt: skip
 
     _INSERT = """INSERT INTO conversations (id, rev, created, updated, title, mode, model, messages,
-                 search, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                 search, text, body, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
-    def summaries(self, query: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], bool]:
+    def summaries(
+        self, owner: str, query: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Live conversations, most recently updated first (matching `query` when given)."""
-        where, args = "deleted IS NULL", []
+        where, args = "owner = ? AND deleted IS NULL", [owner]
+        columns = "id, title, created, updated, mode, model, messages"
         if query:
             where += " AND instr(search, ?) > 0"
             args.append(query.casefold())
-        columns = "id, title, created, updated, mode, model, messages" + (", body" if query else "")
+            # a bounded piece of the text around the match: never whole conversations for a snippet
+            # (casefolding may shift positions a little: the margin covers it)
+            columns += ", substr(text, max(1, instr(search, ?) - 400), ?) AS piece"
+            args = [query.casefold(), len(query) + 1000, *args]
         with self._connect() as db:
             rows = db.execute(
                 f"SELECT {columns} FROM conversations WHERE {where} ORDER BY updated DESC, id "
@@ -272,20 +285,20 @@ class ConversationStore:
         for row in rows[:limit]:
             summary = _summary(row)
             if query:
-                found = snippet(_texts(json.loads(row["body"])), query)
+                found = snippet([row["piece"]], query)
                 if found is not None:
                     summary["snippet"] = found
             out.append(summary)
         return out, len(rows) > limit
 
-    def create_many(self, conversations: Sequence[ConversationIn]) -> list[dict]:
+    def create_many(self, owner: str, conversations: Sequence[ConversationIn]) -> list[dict]:
         """Store new conversations (new ids, rev 1, `created` kept if given) in one transaction."""
         now = time.time()
         documents = []
         for conversation in conversations:
             created = conversation.created or now
             documents.append(self._document(conversation, f"c_{uuid.uuid4().hex}", 1, created, now))
-        rows = [self._row(d) for d in documents]
+        rows = [(*self._row(d), owner) for d in documents]
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -296,16 +309,16 @@ class ConversationStore:
                 raise
         return documents
 
-    def get(self, cid: str) -> dict[str, Any]:
+    def get(self, owner: str, cid: str) -> dict[str, Any]:
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM conversations WHERE id = ? AND deleted IS NULL", (cid,)
+                "SELECT * FROM conversations WHERE id = ? AND owner = ? AND deleted IS NULL", (cid, owner)
             ).fetchone()
         if row is None:
             raise _not_found(cid)
         return self._load(row)
 
-    def update(self, cid: str, conversation: ConversationIn) -> dict[str, Any]:
+    def update(self, owner: str, cid: str, conversation: ConversationIn) -> dict[str, Any]:
         if conversation.rev is None:
             raise BadRequest("rev: the revision the conversation was read at is required", "rev")
         if conversation.id is not None and conversation.id != cid:
@@ -314,7 +327,8 @@ class ConversationStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(
-                    "SELECT rev, created FROM conversations WHERE id = ? AND deleted IS NULL", (cid,)
+                    "SELECT rev, created FROM conversations WHERE id = ? AND owner = ? AND deleted IS NULL",
+                    (cid, owner),
                 ).fetchone()
                 if row is None:
                     raise _not_found(cid)
@@ -328,7 +342,7 @@ class ConversationStore:
                 values = self._row(document)
                 db.execute(
                     "UPDATE conversations SET rev = ?, updated = ?, title = ?, mode = ?, model = ?, "
-                    "messages = ?, search = ?, body = ? WHERE id = ?",
+                    "messages = ?, search = ?, text = ?, body = ? WHERE id = ?",
                     (values[1], *values[3:], cid),
                 )
                 db.execute("COMMIT")
@@ -337,44 +351,27 @@ class ConversationStore:
                 raise
         return document
 
-    def delete(self, cid: str) -> None:
+    def delete(self, owner: str, cid: str) -> None:
         with self._connect() as db:
             changed = db.execute(
-                "UPDATE conversations SET deleted = ? WHERE id = ? AND deleted IS NULL", (time.time(), cid)
+                "UPDATE conversations SET deleted = ? WHERE id = ? AND owner = ? AND deleted IS NULL",
+                (time.time(), cid, owner),
             ).rowcount
         if not changed:
             raise _not_found(cid)
 
-    def restore(self, cid: str) -> dict[str, Any]:
+    def restore(self, owner: str, cid: str) -> dict[str, Any]:
         """Undo a delete (within the seven days); a live conversation is returned as it is."""
         with self._connect() as db:
             db.execute(
-                "UPDATE conversations SET deleted = NULL WHERE id = ? AND deleted >= ?",
-                (cid, time.time() - RESTORE_S),
+                "UPDATE conversations SET deleted = NULL WHERE id = ? AND owner = ? AND deleted >= ?",
+                (cid, owner, time.time() - RESTORE_S),
             )
-        return self.get(cid)
+        return self.get(owner, cid)
 
-    # async wrappers for the routes
-
-    async def asummaries(
-        self, query: str | None, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], bool]:
-        return await asyncio.to_thread(self.summaries, query, limit, offset)
-
-    async def acreate_many(self, conversations: Sequence[ConversationIn]) -> list[dict]:
-        return await asyncio.to_thread(self.create_many, conversations)
-
-    async def aget(self, cid: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.get, cid)
-
-    async def aupdate(self, cid: str, conversation: ConversationIn) -> dict[str, Any]:
-        return await asyncio.to_thread(self.update, cid, conversation)
-
-    async def adelete(self, cid: str) -> None:
-        await asyncio.to_thread(self.delete, cid)
-
-    async def arestore(self, cid: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.restore, cid)
+    async def call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """A store method in a worker thread: SQLite (and JSON of up to 16 MB) stays off the event loop."""
+        return await asyncio.to_thread(method, *args)
 
 
 def _not_found(cid: str) -> NotFound:
@@ -507,6 +504,12 @@ def _filename(conversation: dict[str, Any], extension: str) -> str:
 # --- routes ------------------------------------------------------------------------------------------
 
 
+def _owner(request: Request) -> str:
+    """Whose history: each API key has its own; a server without keys has one history for everyone (the
+    header a client sends anyway, like the openai SDK's placeholder key, does not split it)."""
+    return owner_of(request) if context(request).config.api_keys else ""
+
+
 @router.get("")
 async def list_conversations(
     request: Request,
@@ -515,30 +518,33 @@ async def list_conversations(
     offset: int = Query(0, ge=0, le=2**31),
 ) -> dict:
     store = await conversation_store(request)
-    data, more = await store.asummaries(q or None, limit, offset)
+    data, more = await store.call(store.summaries, _owner(request), q or None, limit, offset)
     return {"object": "list", "data": data, "has_more": more}
 
 
 @router.post("", status_code=201)
 async def create_conversation(request: Request, body: JsonBody) -> dict:
-    conversation = parse(body)
+    conversation = await asyncio.to_thread(parse, body)
     store = await conversation_store(request)
-    (stored,) = await store.acreate_many([conversation])
+    (stored,) = await store.call(store.create_many, _owner(request), [conversation])
     return stored
+
+
+def _parse_import(body: Any) -> list[ConversationIn]:
+    if isinstance(body, dict) and set(body) == {"conversations"}:
+        items = body["conversations"]
+        if not isinstance(items, list) or not items:
+            raise BadRequest("conversations: a non-empty list of conversations is required", "conversations")
+        return [parse(item, f"conversations[{i}].") for i, item in enumerate(items)]
+    return [parse(body)]
 
 
 @router.post("/import", status_code=201)
 async def import_conversations(request: Request, body: JsonBody) -> dict:
     """An exported conversation, or `{"conversations": [...]}`; each gets a new id."""
-    if isinstance(body, dict) and set(body) == {"conversations"}:
-        items = body["conversations"]
-        if not isinstance(items, list) or not items:
-            raise BadRequest("conversations: a non-empty list of conversations is required", "conversations")
-        conversations = [parse(item, f"conversations[{i}].") for i, item in enumerate(items)]
-    else:
-        conversations = [parse(body)]
+    conversations = await asyncio.to_thread(_parse_import, body)
     store = await conversation_store(request)
-    stored = await store.acreate_many(conversations)
+    stored = await store.call(store.create_many, _owner(request), conversations)
     summaries = [{key: d[key] for key in ("id", "title", "created", "updated", "mode", "model")}
                  | {"messages": len(d["messages"])} for d in stored]  # fmt: skip
     return {"object": "list", "data": summaries}
@@ -546,38 +552,42 @@ async def import_conversations(request: Request, body: JsonBody) -> dict:
 
 @router.get("/{cid}")
 async def get_conversation(cid: str, request: Request) -> dict:
-    return await (await conversation_store(request)).aget(cid)
+    store = await conversation_store(request)
+    return await store.call(store.get, _owner(request), cid)
 
 
 @router.put("/{cid}")
 async def put_conversation(cid: str, request: Request, body: JsonBody) -> dict:
-    conversation = parse(body)
-    return await (await conversation_store(request)).aupdate(cid, conversation)
+    conversation = await asyncio.to_thread(parse, body)
+    store = await conversation_store(request)
+    return await store.call(store.update, _owner(request), cid, conversation)
 
 
 @router.delete("/{cid}")
 async def delete_conversation(cid: str, request: Request) -> dict:
-    await (await conversation_store(request)).adelete(cid)
+    store = await conversation_store(request)
+    await store.call(store.delete, _owner(request), cid)
     return {"id": cid, "object": "conversation.deleted", "deleted": True}
 
 
 @router.post("/{cid}/restore")
 async def restore_conversation(cid: str, request: Request) -> dict:
-    return await (await conversation_store(request)).arestore(cid)
+    store = await conversation_store(request)
+    return await store.call(store.restore, _owner(request), cid)
+
+
+def _export(conversation: dict[str, Any], format: str) -> tuple[str, str, str]:
+    if format == "json":
+        return json.dumps(conversation, ensure_ascii=False, indent=2), "application/json", "json"
+    return to_markdown(conversation), "text/markdown; charset=utf-8", "md"
 
 
 @router.get("/{cid}/export")
 async def export_conversation(cid: str, request: Request, format: str = Query("json")) -> Response:
     if format not in ("json", "markdown"):
         raise BadRequest(f"format must be json or markdown, got {format!r}", "format")
-    conversation = await (await conversation_store(request)).aget(cid)
-    if format == "json":
-        text, media, extension = (
-            json.dumps(conversation, ensure_ascii=False, indent=2),
-            "application/json",
-            "json",
-        )
-    else:
-        text, media, extension = to_markdown(conversation), "text/markdown; charset=utf-8", "md"
+    store = await conversation_store(request)
+    conversation = await store.call(store.get, _owner(request), cid)
+    text, media, extension = await asyncio.to_thread(_export, conversation, format)
     disposition = f'attachment; filename="{_filename(conversation, extension)}"'
     return Response(text, media_type=media, headers={"Content-Disposition": disposition})

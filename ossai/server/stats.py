@@ -9,7 +9,6 @@ the engines are the ones /metrics reports; tokens per second and recent times to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import threading
@@ -67,28 +66,49 @@ def prime() -> None:
     CPU.prime()
 
 
-def _gpus() -> list[dict[str, Any]]:
-    """Each CUDA device: NVML's figures where NVML is installed, else torch's. A server that never touched
-    CUDA creates no context to measure memory (that would cost the GPU memory it reports): null then."""
+def _nvml_gpus() -> list[dict[str, Any]] | None:
+    """Every NVIDIA GPU through NVML (the nvidia-ml-py package), which needs no CUDA context; None
+    without it."""
     try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    out = []
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        name = pynvml.nvmlDeviceGetName(handle)
+        out.append({"index": index, "name": name.decode() if isinstance(name, bytes) else name,
+                    "utilization": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                    "memory_used": memory.used, "memory_total": memory.total})  # fmt: skip
+    return out
+
+
+def _gpus() -> list[dict[str, Any]]:
+    """Each CUDA device: NVML's figures where NVML is installed, else torch's, but only once something
+    (a model on the GPU) has initialised CUDA: asking torch first would create a context on every GPU,
+    costing the memory the dashboard reports. Until then a device is listed without figures."""
+    try:
+        nvml = _nvml_gpus()
+        if nvml is not None:
+            return nvml
         import torch
 
         if not torch.cuda.is_available():
             return []
-        initialized = torch.cuda.is_initialized()
         out = []
         for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            gpu: dict[str, Any] = {"index": index, "name": props.name, "utilization": None,
-                                   "memory_used": None, "memory_total": props.total_memory}  # fmt: skip
-            with contextlib.suppress(Exception):  # no NVML (pynvml) or not an NVIDIA GPU: unknown
-                gpu["utilization"] = float(torch.cuda.utilization(index))
-            try:
-                gpu["memory_used"] = torch.cuda.device_memory_used(index)
-            except Exception:
-                if initialized:
-                    free, total = torch.cuda.mem_get_info(index)
-                    gpu["memory_used"] = total - free
+            gpu: dict[str, Any] = {"index": index, "name": f"CUDA device {index}", "utilization": None,
+                                   "memory_used": None, "memory_total": None}  # fmt: skip
+            # only devices ossai already uses: a query elsewhere would create a context there
+            if torch.cuda.is_initialized() and torch.cuda.memory_reserved(index) > 0:
+                gpu["name"] = torch.cuda.get_device_name(index)
+                free, total = torch.cuda.mem_get_info(index)
+                gpu["memory_used"], gpu["memory_total"] = total - free, total
             out.append(gpu)
         return out
     except Exception:  # a broken driver must not break the dashboard

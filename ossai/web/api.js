@@ -5,6 +5,11 @@ import { $ } from "./dom.js";
 const KEY = "ossai.apiKey";
 let memoryKey = null; // a key the user chose not to remember on this device
 let pendingKey = null; // one dialog for every request that got a 401 at the same time
+// Dismissing the dialog means "not now": until the user asks again (promptForKey, allowKeyPrompt), a 401
+// fails at once instead of reopening the dialog, so pollers (the dashboard's retry) do not loop on it.
+let declined = false;
+let missed = false; // requests failed for want of a key: once one is saved, onKeySaved's listeners reload
+const keyListeners = new Set();
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -32,6 +37,29 @@ function storeKey(key, remember) {
   }
 }
 
+export const onKeySaved = (listener) => keyListeners.add(listener);
+
+/** Let the next 401 open the key dialog again (the user went to another page: they are acting). */
+export function allowKeyPrompt() {
+  declined = false;
+}
+
+/** Open the key dialog now (the "API key needed" button). */
+export function promptForKey() {
+  declined = false;
+  return askForKey();
+}
+
+function keyDialogClosed(saved) {
+  declined = !saved;
+  if (!saved) missed = true;
+  $("#key-needed").hidden = saved || !missed;
+  if (saved && missed) {
+    missed = false;
+    for (const listener of keyListeners) listener();
+  }
+}
+
 /** Ask for the key; resolves true when one was saved, false when the dialog was dismissed. */
 function askForKey() {
   if (pendingKey) return pendingKey;
@@ -49,7 +77,9 @@ function askForKey() {
       form.removeEventListener("submit", onSubmit);
       input.value = "";
       pendingKey = null;
-      resolve(dialog.returnValue === "saved");
+      const saved = dialog.returnValue === "saved";
+      keyDialogClosed(saved);
+      resolve(saved);
     };
     form.addEventListener("submit", onSubmit);
     dialog.addEventListener("close", onClose, { once: true });
@@ -70,7 +100,8 @@ async function errorMessage(response) {
   } catch {
     // not JSON: fall through to the text itself
   }
-  return text.trim().slice(0, 300) || `${response.status} ${response.statusText}`;
+  // Cut by code points: a UTF-16 slice could end in half an emoji.
+  return Array.from(text.trim()).slice(0, 300).join("") || `${response.status} ${response.statusText}`;
 }
 
 /** fetch() with the API key; a 401 opens the key dialog and retries once a key is saved.
@@ -85,7 +116,7 @@ export async function request(path, { method = "GET", body, signal, headers = {}
     const key = apiKey();
     if (key) init.headers.Authorization = `Bearer ${key}`;
     const response = await fetch(path, init);
-    if (response.status === 401 && !signal?.aborted && (await askForKey())) continue;
+    if (response.status === 401 && !signal?.aborted && !declined && (await askForKey())) continue;
     if (!response.ok) throw new ApiError(response.status, await errorMessage(response));
     return response;
   }

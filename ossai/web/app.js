@@ -1,8 +1,9 @@
 // Bootstrap and routing: #/ and #/c/<id> (chat), #/models, #/dashboard; the theme toggle and the
 // sidebar drawer of narrow screens.
+import { allowKeyPrompt, onKeySaved, promptForKey } from "./api.js";
 import {
-  conversationChanged, currentConversation, forgetConversation, initChat, isStreaming, newChat, openConversation,
-  renameConversation,
+  beforeDelete, conversationChanged, currentConversation, forgetConversation, initChat, isStreaming, newChat,
+  openConversation, renameConversation,
 } from "./chat.js";
 import { onSaved } from "./conversations.js";
 import { drawCharts, startDashboard, stopDashboard } from "./dashboard.js";
@@ -18,7 +19,15 @@ function parseRoute(hash) {
   if (hash === "#/models") return { view: "models" };
   if (hash === "#/dashboard") return { view: "dashboard" };
   const match = /^#\/c\/(.+)$/.exec(hash);
-  return { view: "chat", id: match ? decodeURIComponent(match[1]) : null };
+  return { view: "chat", id: match ? decodeId(match[1]) : null };
+}
+
+function decodeId(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null; // a malformed %-escape (#/c/%E0): no such conversation, a new chat instead
+  }
 }
 
 function route() {
@@ -69,6 +78,15 @@ function initDrawer() {
   });
 }
 
+/** A key was saved after requests had failed without one: load again what they would have shown. */
+function reloadAfterKey() {
+  const { view } = parseRoute(window.location.hash || "#/");
+  loadModelPicker();
+  refreshSidebar();
+  if (view === "models") refreshModels();
+  if (view === "dashboard") startDashboard(); // its loop stopped at the 401
+}
+
 async function main() {
   fillIcons();
   initDrawer();
@@ -81,6 +99,7 @@ async function main() {
   initModels();
   initSidebar({
     rename: renameConversation,
+    deleting: beforeDelete,
     deleted: forgetConversation,
     restored: (id) => (window.location.hash = `#/c/${encodeURIComponent(id)}`),
   });
@@ -93,7 +112,14 @@ async function main() {
     },
   });
   onSaved((conv) => conv === currentConversation() && setActiveConversation(conv.id));
-  window.addEventListener("hashchange", route);
+  // A dismissed key dialog stays closed for background requests; the "API key needed" button, or going
+  // to another page, asks again, and once a key is saved what failed without it is loaded again.
+  $("#key-needed").addEventListener("click", () => promptForKey());
+  onKeySaved(reloadAfterKey);
+  window.addEventListener("hashchange", () => {
+    allowKeyPrompt();
+    route();
+  });
   await loadModelPicker();
   route();
   refreshSidebar();

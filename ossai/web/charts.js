@@ -11,19 +11,20 @@ function niceMax(value) {
   return [1, 2, 2.5, 5, 10].map((m) => m * power).find((step) => step >= value);
 }
 
-/** Draw `values` (null: a gap) into `canvas`; returns how many samples it drew. */
+/** Draw `values` (null or not a finite number: a gap) into `canvas`; returns how many samples it drew,
+ * so a series of nothing but gaps (a field the server does not send) counts 0, not its length. */
 export function drawChart(canvas, values, { unit = "", max = null, digits = 1 } = {}) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth;
   const height = canvas.clientHeight;
-  if (!width || !height) return values.length;
+  if (!width || !height) return 0; // not laid out: nothing drawn
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
 
-  const known = values.filter((v) => v !== null && Number.isFinite(v));
+  const known = values.filter((v) => Number.isFinite(v));
   const top = max ?? niceMax(Math.max(0, ...known));
   const pad = { left: 8, right: 8, top: 22, bottom: 8 };
   const plotW = width - pad.left - pad.right;
@@ -74,5 +75,5 @@ export function drawChart(canvas, values, { unit = "", max = null, digits = 1 } 
     ctx.arc(x(lastIndex), y(values[lastIndex]), 3, 0, 2 * Math.PI);
     ctx.fill();
   }
-  return values.length;
+  return known.length;
 }

@@ -1,18 +1,18 @@
 // The chat view: the thread of the conversation shown, the composer, the header's mode, effort and model
 // controls, and the streaming of a reply (saved as it grows, stopped with the Stop button or Esc).
-import { loadConversation, onSaved, saveNow, scheduleSave } from "./conversations.js";
+import { loadConversation, markChanged, onSaved, saveNow, scheduleSave } from "./conversations.js";
 import { $, h, randomId, toast } from "./dom.js";
 import { assistantArticle, updateAssistant, userArticle } from "./messages.js";
 import { sourcesFromTools } from "./markdown.js";
 import { chatBody, chatEvents, historyMessages } from "./stream.js";
 import {
-  DEFAULT_TITLE, addMessage, assistantMessage, newConversation, normalize, pathTo, select, siblings, thread, titleFrom,
-  userMessage,
+  DEFAULT_TITLE, addMessage, assistantMessage, endTools, newConversation, normalize, pathTo, select, siblings, thread,
+  titleFrom, userMessage,
 } from "./tree.js";
 
 const state = {
   conv: newConversation(),
-  streaming: null, // {conv, message, controller} while a reply streams
+  streaming: null, // {conv, message, controller, finished} while a reply streams (finished: run's promise)
   opening: 0, // the latest openConversation call: earlier ones that finish late are ignored
 };
 
@@ -52,15 +52,21 @@ export function initChat() {
   }
   els.effort.addEventListener("change", () => {
     state.conv.settings.effort = els.effort.value;
-    conversationChanged();
+    conversationChanged({ fields: ["settings"] });
   });
   els.model.addEventListener("change", () => {
     localStorage.setItem("ossai.model", els.model.value);
     state.conv.model = els.model.value;
-    conversationChanged();
+    conversationChanged({ fields: ["model"] });
   });
-  onSaved((conv, { created }) => {
-    if (created && conv === state.conv) window.history.replaceState(null, "", `#/c/${conv.id}`);
+  onSaved((conv, { created, merged }) => {
+    if (conv !== state.conv) return;
+    if (created) window.history.replaceState(null, "", `#/c/${conv.id}`);
+    if (merged) { // a 409 brought in another tab's messages, title or settings: show them
+      endStale(conv);
+      syncControls();
+      renderThread({ keepScroll: true });
+    }
   });
   updateComposer();
   render();
@@ -71,9 +77,11 @@ function autosize() {
   els.input.style.height = `${Math.min(els.input.scrollHeight, 240)}px`;
 }
 
-/** Settings changed (header controls or the settings drawer): show them and save a stored conversation. */
-export function conversationChanged() {
+/** Settings changed (header controls or the settings drawer): show them and save a stored conversation.
+ * `changed`: which fields (see markChanged in conversations.js). */
+export function conversationChanged(changed) {
   syncControls();
+  markChanged(state.conv, changed);
   if (state.conv.id) saveNow(state.conv);
 }
 
@@ -97,12 +105,18 @@ export async function openConversation(id) {
     return;
   }
   if (ticket !== state.opening) return;
-  for (const message of conv.messages) {
-    // A reply saved mid-stream by a tab that went away (not the one streaming here) ended there.
-    if (message.status === "streaming" && message !== state.streaming?.message) message.status = "stopped";
-  }
+  endStale(conv);
   state.conv = conv;
   render();
+}
+
+/** A reply saved mid-stream by a tab that went away (not the one streaming here) ended there. */
+function endStale(conv) {
+  for (const message of conv.messages) {
+    if (message.status !== "streaming" || message === state.streaming?.message) continue;
+    message.status = "stopped";
+    endTools(message);
+  }
 }
 
 function render() {
@@ -110,7 +124,16 @@ function render() {
   renderThread();
 }
 
-/** A conversation deleted from the sidebar: stop its reply (unsaved), and leave it if it is shown. */
+/** Before the sidebar deletes a conversation: a reply streaming in it is stopped and stored as
+ * "stopped" first, so that Undo brings back a consistent conversation (not one "streaming" forever). */
+export async function beforeDelete(id) {
+  const { streaming } = state;
+  if (streaming?.conv.id !== id) return;
+  stop();
+  await streaming.finished;
+}
+
+/** A conversation deleted from the sidebar: no copy here saves it again, and it is left if shown. */
 export function forgetConversation(id) {
   if (state.streaming?.conv.id === id) {
     state.streaming.conv.deleted = true;
@@ -123,9 +146,13 @@ export function forgetConversation(id) {
 }
 
 export async function renameConversation(id, title) {
-  const conv = state.conv.id === id ? state.conv : normalize(await loadConversation(id));
+  // The copy shown or streaming is renamed in place: a second copy would race its saves, and the
+  // stream's next save would put the old title back.
+  const open = [state.conv, state.streaming?.conv].find((conv) => conv?.id === id);
+  const conv = open ?? normalize(await loadConversation(id));
   conv.title = title;
-  return saveNow(conv);
+  if (conv === state.conv) syncControls();
+  return saveNow(conv, { fields: ["title"] });
 }
 
 // --- Controls ---------------------------------------------------------------------------------------
@@ -141,7 +168,7 @@ function syncControls() {
 function setMode(mode) {
   state.conv.mode = mode;
   if (mode === "reasoning") state.conv.settings.effort = "high"; // its default; the selector can change it
-  conversationChanged();
+  conversationChanged({ fields: ["mode", "settings"] });
   if (!state.streaming) renderThread(); // Reasoning mode shows reasoning panels open
 }
 
@@ -161,7 +188,7 @@ function contextFor(message, sources) {
     if (!other || state.streaming) return;
     select(conv, other);
     renderThread({ keepScroll: true });
-    if (conv.id) saveNow(conv);
+    if (conv.id) saveNow(conv, { active: [other.parent] });
   };
   return {
     info: { index, count: sibs.length },
@@ -175,6 +202,7 @@ function contextFor(message, sources) {
       edit: (text) => {
         if (state.streaming) return;
         const edited = addMessage(conv, userMessage(message.parent, text));
+        markChanged(conv, { messages: [edited.id], active: [edited.parent] });
         reply(conv, edited.id);
       },
     },
@@ -185,9 +213,15 @@ function renderThread({ keepScroll = false } = {}) {
   const messages = thread(state.conv);
   const tools = [];
   const articles = messages.map((message) => {
-    tools.push(...(message.tools ?? []));
-    const ctx = contextFor(message, sourcesFromTools(tools));
-    return message.role === "user" ? userArticle(message, ctx) : assistantArticle(message, ctx);
+    if (Array.isArray(message.tools)) tools.push(...message.tools);
+    try {
+      const ctx = contextFor(message, sourcesFromTools(tools));
+      return message.role === "user" ? userArticle(message, ctx) : assistantArticle(message, ctx);
+    } catch (error) { // a malformed stored message: say so in its place, and show the rest of the thread
+      console.error(error);
+      return h("article", { class: "message", dataset: { role: message.role, messageId: message.id } },
+        h("p", { class: "message-error", role: "alert" }, `This message could not be shown: ${error.message}`));
+    }
   });
   if (!articles.length) articles.push(emptyState());
   const list = els.messages;
@@ -212,7 +246,7 @@ function scheduleRender(message) {
     if (!article) return;
     const list = els.messages;
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    const tools = pathTo(state.conv, message.id).flatMap((m) => m.tools ?? []);
+    const tools = pathTo(state.conv, message.id).flatMap((m) => (Array.isArray(m.tools) ? m.tools : []));
     updateAssistant(article, message, contextFor(message, sourcesFromTools(tools)));
     if (atBottom) list.scrollTop = list.scrollHeight;
   });
@@ -225,7 +259,11 @@ async function send(text) {
   const { conv } = state;
   const last = thread(conv).at(-1);
   const user = addMessage(conv, userMessage(last?.id ?? null, text));
-  if (conv.title === DEFAULT_TITLE) conv.title = titleFrom(text);
+  markChanged(conv, { messages: [user.id], active: [user.parent] });
+  if (conv.title === DEFAULT_TITLE) {
+    conv.title = titleFrom(text);
+    markChanged(conv, { fields: ["title"] });
+  }
   els.input.value = "";
   autosize();
   await reply(conv, user.id);
@@ -241,15 +279,21 @@ async function reply(conv, parentId) {
     renderThread();
     return;
   }
-  conv.model = els.model.value;
+  if (conv.model !== els.model.value) {
+    conv.model = els.model.value;
+    markChanged(conv, { fields: ["model"] });
+  }
   const message = addMessage(conv, assistantMessage(parentId, conv.model));
+  markChanged(conv, { messages: [message.id], active: [parentId] });
   const controller = new AbortController();
-  state.streaming = { conv, message, controller };
+  const streaming = { conv, message, controller, finished: null };
+  state.streaming = streaming;
   updateComposer();
   renderThread();
   // A new conversation is stored by the first save of its reply (see initChat), not before it: the
   // request goes out at once and its first tokens do not queue behind another round trip.
-  await run(conv, message, controller);
+  streaming.finished = run(conv, message, controller);
+  await streaming.finished;
 }
 
 /** The agent's session (python variables, browser pages): one per conversation, known before the
@@ -267,7 +311,7 @@ async function run(conv, message, controller) {
     for await (const event of chatEvents(body, controller.signal)) {
       apply(message, event, clock, calls);
       scheduleRender(message);
-      scheduleSave(conv);
+      scheduleSave(conv, { messages: [message.id] });
     }
     message.status = "done";
   } catch (error) {
@@ -277,11 +321,13 @@ async function run(conv, message, controller) {
       message.error = error.message;
     }
   } finally {
+    endTools(message); // the server runs nothing more for this reply: no call is left waiting or running
     finishStats(message, clock);
     state.streaming = null;
     updateComposer();
-    if (state.conv === conv) renderThread({ keepScroll: true });
-    await saveNow(conv);
+    // Redraw even when another conversation is shown: its buttons were drawn disabled while this streamed.
+    renderThread({ keepScroll: true });
+    await saveNow(conv, { messages: [message.id] });
   }
 }
 

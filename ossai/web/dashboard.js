@@ -35,6 +35,13 @@ async function follow(signal) {
       for await (const stats of readSSE(response)) update(stats);
     } catch (error) {
       if (signal.aborted) return;
+      if (error.status === 401) {
+        // The key dialog was dismissed: retrying would only fail again. Stop; app.js starts the
+        // dashboard again once a key is saved (or the user comes back to this page).
+        setConnection("Statistics need the API key.");
+        if (controller?.signal === signal) controller = null;
+        return;
+      }
       setConnection(`Statistics unavailable (${error.message}); retrying…`);
     }
     await new Promise((resolve) => setTimeout(resolve, RETRY_MS));

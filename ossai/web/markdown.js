@@ -59,12 +59,13 @@ const citation = {
     if (!source) return escapeHtml(token.raw);
     const lines = token.where.replace(/^L/, "lines ").replace(/-L/, "–");
     const title = escapeHtml(`${source.title || source.url}${lines ? `, ${lines}` : ""}`);
-    if (/^https?:\/\//i.test(source.url)) {
-      const label = escapeHtml(new URL(source.url).hostname.replace(/^www\./, ""));
-      return `<a class="citation" href="${escapeHtml(source.url)}" title="${title}">${label}</a>`;
+    const host = hostOf(source.url);
+    if (host !== null) {
+      return `<a class="citation" href="${escapeHtml(source.url)}" title="${title}">${escapeHtml(host)}</a>`;
     }
-    // A local document (file://): no link the page could open, so the citation names it.
-    return `<span class="citation" title="${title}">${escapeHtml(shorten(source.title || "source", 32))}</span>`;
+    // A local document (file://), or a URL that does not parse: no link the page could open, so the
+    // citation names it.
+    return `<span class="citation" title="${title}">${escapeHtml(shorten(String(source.title || "source"), 32))}</span>`;
   },
 };
 
@@ -84,15 +85,27 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 
 const PURIFY = { FORBID_TAGS: ["style", "form"], FORBID_ATTR: ["style"], ADD_ATTR: ["target"] };
 
+/** The host name of an http(s) URL, else null (stored tool events are untrusted: `new URL` may throw). */
+function hostOf(url) {
+  if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return null;
+  try {
+    return new URL(url).hostname.replace(/^www\./, "");
+  } catch {
+    return null;
+  }
+}
+
+/** `text` cut to `length` code points (a UTF-16 slice could split an emoji's surrogate pair). */
 function shorten(text, length) {
-  return text.length > length ? `${text.slice(0, length - 1)}…` : text;
+  const points = Array.from(text);
+  return points.length > length ? `${points.slice(0, length - 1).join("")}…` : text;
 }
 
 /** Cursor -> page for the citations of an answer, from the browser tool events of its thread. */
 export function sourcesFromTools(tools) {
   const sources = new Map();
   for (const event of tools) {
-    const data = event.tool === "browser" ? event.data : null;
+    const data = event?.tool === "browser" ? event.data : null;
     if (data && Number.isInteger(data.cursor) && data.url) {
       sources.set(data.cursor, { url: data.url, title: data.title });
     }

@@ -19,17 +19,25 @@ function alternatives(info, actions, disabled) {
     iconButton("right", "Next alternative", actions.next, disabled || info.index === info.count - 1));
 }
 
+// Stored messages are untrusted data (the server keeps their extra fields as sent): a stat that is not a
+// finite number is left out rather than thrown on.
+const finite = (value) => (Number.isFinite(value) ? value : null);
+const toolsOf = (message) => (Array.isArray(message.tools) ? message.tools : []);
+
 function statsText(stats) {
-  if (!stats || stats.completion_tokens === undefined) return "";
-  const parts = [`${stats.completion_tokens} tokens`];
-  parts.push(`${(stats.tokens_per_s ?? 0).toFixed(1)} tok/s`);
-  if (stats.ttft_ms !== undefined && stats.ttft_ms !== null) parts.push(`TTFT ${Math.round(stats.ttft_ms)} ms`);
+  const tokens = finite(stats?.completion_tokens);
+  if (tokens === null) return "";
+  const parts = [`${tokens} tokens`];
+  parts.push(`${(finite(stats.tokens_per_s) ?? 0).toFixed(1)} tok/s`);
+  const ttft = finite(stats.ttft_ms);
+  if (ttft !== null) parts.push(`TTFT ${Math.round(ttft)} ms`);
   return parts.join(" · ");
 }
 
 function statsTitle(stats) {
-  if (!stats || stats.seconds === undefined) return "";
-  return `${stats.model ?? ""} · ${stats.prompt_tokens ?? "?"} prompt tokens · ${stats.seconds.toFixed(1)} s`;
+  const seconds = finite(stats?.seconds);
+  if (seconds === null) return "";
+  return `${stats.model ?? ""} · ${finite(stats.prompt_tokens) ?? "?"} prompt tokens · ${seconds.toFixed(1)} s`;
 }
 
 // --- User messages ----------------------------------------------------------------------------------
@@ -88,7 +96,7 @@ export function updateAssistant(article, message, ctx) {
   updateReasoning(article, message, ctx);
   updateTools(article, message);
   renderOnce(article.querySelector(".answer"), message.content, ctx.sources);
-  article.querySelector(".answer").classList.toggle("typing", message.status === "streaming" && !message.content && !message.reasoning && !message.tools.length);
+  article.querySelector(".answer").classList.toggle("typing", message.status === "streaming" && !message.content && !message.reasoning && !toolsOf(message).length);
   const error = article.querySelector(".message-error");
   error.hidden = !message.error;
   error.textContent = message.error ?? "";
@@ -106,7 +114,7 @@ function renderOnce(el, text, sources = new Map()) {
 
 function reasoningSummary(message) {
   if (message.status === "streaming" && !message.content && message.reasoning_seconds === null) return "Thinking…";
-  const seconds = Math.max(1, Math.round(message.reasoning_seconds ?? 0));
+  const seconds = Math.max(1, Math.round(finite(message.reasoning_seconds) ?? 0));
   return `Thought for ${seconds} s`;
 }
 
@@ -135,12 +143,14 @@ function updateReasoning(article, message, ctx) {
 
 function updateTools(article, message) {
   const box = article.querySelector(".tools");
-  for (const event of message.tools) {
-    const id = event.id ?? `${event.tool}-${message.tools.indexOf(event)}`;
+  const live = message.status === "streaming"; // "Run" and "Skip" only while the server can still hear them
+  toolsOf(message).forEach((event, index) => {
+    if (!event || typeof event !== "object") return;
+    const id = String(event.id ?? `${event.tool}-${index}`);
     const existing = box.querySelector(`[data-tool-id="${CSS.escape(id)}"]`);
-    const card = toolCard({ ...event, id }, existing);
+    const card = toolCard({ ...event, id }, existing, live);
     if (!existing) box.append(card);
-  }
+  });
 }
 
 function updateActions(article, message, ctx) {

@@ -1,10 +1,10 @@
 // The settings drawer of the conversation shown: system prompt, sampling, python confirmation, export
 // and import, and forgetting the API key.
 import { forgetApiKey } from "./api.js";
-import { exportConversation, importConversations } from "./conversations.js";
+import { exportConversation, importConversations, markChanged } from "./conversations.js";
 import { $, toast } from "./dom.js";
 
-let hooks = {}; // {conversation(), changed(), imported(ids)}
+let hooks = {}; // {conversation(), changed(what changed: see markChanged), imported(ids)}
 
 function numberOrNull(input) {
   const value = input.valueAsNumber;
@@ -23,23 +23,28 @@ export function initSettings(callbacks) {
   dialog.addEventListener("click", (event) => event.target === dialog && dialog.close()); // the backdrop
 
   // Values apply as they are typed (a message sent with the drawer open uses them) and are saved on
-  // change and when the drawer closes.
-  const bind = (selector, apply) => {
+  // change and when the drawer closes. Each is noted as changed in this tab (`field`), so a save that
+  // meets another tab's newer version (409) keeps it.
+  const bind = (selector, field, apply) => {
     const el = $(selector);
-    el.addEventListener("input", () => apply(hooks.conversation(), el));
+    el.addEventListener("input", () => {
+      const conv = hooks.conversation();
+      apply(conv, el);
+      markChanged(conv, { fields: [field] });
+    });
     el.addEventListener("change", () => {
       apply(hooks.conversation(), el);
-      hooks.changed();
+      hooks.changed({ fields: [field] });
     });
   };
-  bind("#system-prompt", (conv, el) => (conv.system = el.value));
-  bind("#temperature", (conv, el) => (conv.settings.temperature = numberOrNull(el)));
-  bind("#top-p", (conv, el) => (conv.settings.top_p = numberOrNull(el)));
-  bind("#max-tokens", (conv, el) => {
+  bind("#system-prompt", "system", (conv, el) => (conv.system = el.value));
+  bind("#temperature", "settings", (conv, el) => (conv.settings.temperature = numberOrNull(el)));
+  bind("#top-p", "settings", (conv, el) => (conv.settings.top_p = numberOrNull(el)));
+  bind("#max-tokens", "settings", (conv, el) => {
     const value = numberOrNull(el);
     conv.settings.max_tokens = value && value >= 1 ? Math.round(value) : null; // empty: no limit
   });
-  bind("#confirm-python", (conv, el) => (conv.settings.confirm_python = el.checked));
+  bind("#confirm-python", "settings", (conv, el) => (conv.settings.confirm_python = el.checked));
 
   const exporter = (format) => () => exportConversation(hooks.conversation().id, format).catch((e) => toast(e.message));
   $("#export-json").addEventListener("click", exporter("json"));

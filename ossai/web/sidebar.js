@@ -7,7 +7,8 @@ import { icon } from "./icons.js";
 
 const PAGE = 50;
 const list = { query: "", items: [], hasMore: false, activeId: null, available: true };
-let hooks = {}; // {rename(id, title), deleted(id), restored(id): the open conversation is back}
+// {rename(id, title), deleting(id): before the DELETE, deleted(id), restored(id): the open conversation is back}
+let hooks = {};
 let searchTimer = null;
 
 export function initSidebar(callbacks) {
@@ -112,6 +113,7 @@ function rename(li, summary) {
 
 async function remove(summary) {
   try {
+    await hooks.deleting?.(summary.id); // a reply streaming in it is stopped and stored first
     await deleteConversation(summary.id);
   } catch (error) {
     toast(`Could not delete: ${error.message}`);

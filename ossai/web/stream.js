@@ -36,8 +36,11 @@ export function chatBody(conv, messages, session) {
   if (settings.temperature !== null && settings.temperature !== undefined) body.temperature = settings.temperature;
   if (settings.top_p !== null && settings.top_p !== undefined) body.top_p = settings.top_p;
   if (settings.max_tokens) body.max_tokens = settings.max_tokens;
-  if (conv.mode === "agent") {
-    body.ossai = { builtin_tools: ["python", "browser"], session };
+  // Agent mode turns the built-in tools on. Confirmation is asked for in every mode: a server started
+  // with `--tools python` may run python for any request, Agent mode or not.
+  const builtinTools = conv.mode === "agent" ? ["python", "browser"] : [];
+  if (builtinTools.length || settings.confirm_python) {
+    body.ossai = { builtin_tools: builtinTools, session };
     if (settings.confirm_python) body.ossai.confirm = ["python"];
   }
   return body;

@@ -1,5 +1,6 @@
 // Tool cards: a python run (code and output), a browser action (search, open, find), or a function call
-// (name and JSON arguments). A python call waiting for the user's approval shows "Run" and "Skip".
+// (name and JSON arguments). A python call waiting for the user's approval shows "Run" and "Skip" while
+// its reply streams (the server waits for the answer only while the request is open).
 import { sendJSON } from "./api.js";
 import { h, toast } from "./dom.js";
 import { enhanceCode } from "./markdown.js";
@@ -26,7 +27,7 @@ function parseJSON(text) {
 function browserTitle(event) {
   const args = parseJSON(event.arguments) ?? {};
   const action = event.data?.action ?? {};
-  const name = (event.name ?? "").replace(/^browser\./, "");
+  const name = String(event.name ?? "").replace(/^browser\./, "");
   if (name === "search" || action.type === "search") return `Searched “${action.query ?? args.query ?? ""}”`;
   if (name === "find" || action.type === "find_in_page") return `Found “${action.pattern ?? args.pattern ?? ""}”`;
   if (event.data?.title) return `Opened ${event.data.title}`;
@@ -46,7 +47,7 @@ function title(event) {
 
 function status(event) {
   if (event.tool === "function") return "";
-  if (event.status === "completed") return event.seconds !== undefined ? `${event.seconds.toFixed(1)} s` : "done";
+  if (event.status === "completed") return Number.isFinite(event.seconds) ? `${event.seconds.toFixed(1)} s` : "done";
   return STATUS_TEXT[event.status] ?? event.status ?? "";
 }
 
@@ -63,7 +64,7 @@ function output(text, failed) {
     h("pre", { class: `tool-output${failed ? " failed" : ""}` }, text));
 }
 
-function body(event) {
+function body(event, live) {
   const parts = [];
   const k = kind(event);
   if (k === "python") parts.push(codeBlock(event.arguments ?? "", "python"));
@@ -77,7 +78,7 @@ function body(event) {
     } else if (url) parts.push(h("p", { class: "tool-link" }, event.data.title || url));
   }
   if (event.output) parts.push(output(event.output, event.status === "failed"));
-  if (event.status === "awaiting_confirmation") parts.push(confirmation(event));
+  if (event.status === "awaiting_confirmation" && live) parts.push(confirmation(event));
   return parts;
 }
 
@@ -98,9 +99,10 @@ function confirmation(event) {
   return h("div", { class: "tool-confirm" }, note, run, skip);
 }
 
-/** A tool card for one tool event (or an existing card brought up to date). */
-export function toolCard(event, card = null) {
-  const key = JSON.stringify([event.status, event.arguments, event.output, event.name]);
+/** A tool card for one tool event (or an existing card brought up to date); `live`: its reply is still
+ * streaming, so a call awaiting confirmation can be answered. */
+export function toolCard(event, card = null, live = false) {
+  const key = JSON.stringify([event.status, event.arguments, event.output, event.name, live]);
   if (card && card.dataset.key === key) return card; // nothing changed: keep buttons and focus as they are
   const next = h("details", {
     class: "tool-card",
@@ -109,7 +111,7 @@ export function toolCard(event, card = null) {
   });
   next.append(
     h("summary", {}, h("span", { class: "tool-title" }, title(event)), h("span", { class: "tool-status" }, status(event))),
-    h("div", { class: "tool-body" }, body(event)),
+    h("div", { class: "tool-body" }, body(event, live)),
   );
   card?.replaceWith(next);
   return next;

@@ -18,29 +18,56 @@ export function newConversation({ model = "", mode = "chat" } = {}) {
   };
 }
 
-/** Fill in what a stored conversation may leave out (one made through the API, or imported). */
+const EFFORTS = ["low", "medium", "high"];
+const STATUSES = ["done", "stopped", "error", "streaming"];
+const text = (value) => (typeof value === "string" ? value : "");
+const finiteOr = (value, fallback) => (Number.isFinite(value) ? value : fallback);
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
+/** Fill in what a stored conversation may leave out (one made through the API, or imported). The server
+ * keeps unknown message fields as sent, so a field of the wrong type is replaced here: one bad message
+ * must not break the view of the whole thread (or make every later save fail). */
 export function normalize(conv) {
-  conv.title ??= DEFAULT_TITLE;
+  conv.title = typeof conv.title === "string" ? conv.title : DEFAULT_TITLE;
   conv.mode ??= "chat";
-  conv.model ??= "";
-  conv.system ??= "";
-  conv.settings = { ...DEFAULT_SETTINGS, ...(conv.settings ?? {}) };
+  conv.model = text(conv.model);
+  conv.system = text(conv.system);
+  const settings = isObject(conv.settings) ? conv.settings : {};
+  conv.settings = { ...DEFAULT_SETTINGS, ...settings };
+  const s = conv.settings;
+  if (!EFFORTS.includes(s.effort)) s.effort = DEFAULT_SETTINGS.effort;
+  for (const name of ["temperature", "top_p", "max_tokens"]) {
+    if (s[name] !== null && !Number.isFinite(s[name])) s[name] = DEFAULT_SETTINGS[name];
+  }
+  s.confirm_python = s.confirm_python === true;
   conv.messages ??= [];
   conv.active ??= {};
   for (const m of conv.messages) {
     m.parent ??= null;
-    m.created ??= 0;
-    m.content ??= "";
+    m.created = finiteOr(m.created, 0);
+    m.content = text(m.content);
     if (m.role === "assistant") {
-      m.reasoning ??= "";
-      m.reasoning_seconds ??= null;
-      m.tools ??= [];
-      m.status ??= "done";
-      m.error ??= null;
-      m.stats ??= {};
+      m.reasoning = text(m.reasoning);
+      m.reasoning_seconds = finiteOr(m.reasoning_seconds, null);
+      m.tools = Array.isArray(m.tools) ? m.tools.filter(isObject) : [];
+      if (!STATUSES.includes(m.status)) m.status = "done";
+      if (typeof m.error !== "string") m.error = null;
+      if (!isObject(m.stats)) m.stats = {};
     }
   }
   return conv;
+}
+
+/** A reply that ended (done, stopped, error) runs no more tools: a call still waiting for approval or
+ * still running is marked failed, so it shows no "Run" button and no spinner once stored. */
+export function endTools(message) {
+  const ended = { awaiting_confirmation: "Stopped before it ran.", running: "Stopped while running." };
+  for (const tool of message.tools) {
+    const note = ended[tool.status];
+    if (!note) continue;
+    tool.status = "failed";
+    tool.output = typeof tool.output === "string" && tool.output ? `${tool.output}\n${note}` : note;
+  }
 }
 
 const key = (parentId) => parentId ?? "root";
@@ -105,8 +132,9 @@ export function pathTo(conv, lastId) {
   return out;
 }
 
-/** A title from the first user message: its first line, shortened. */
-export function titleFrom(text) {
-  const line = text.trim().split("\n")[0].replace(/\s+/g, " ");
-  return line.length > 60 ? `${line.slice(0, 57)}…` : line || DEFAULT_TITLE;
+/** A title from the first user message: its first line, shortened by code points, not UTF-16 units: a
+ * cut through an emoji's surrogate pair is not valid Unicode, and the server refuses every save of it. */
+export function titleFrom(message) {
+  const line = Array.from(message.trim().split("\n")[0].replace(/\s+/g, " "));
+  return line.length > 60 ? `${line.slice(0, 57).join("")}…` : line.join("") || DEFAULT_TITLE;
 }

@@ -300,3 +300,33 @@ def test_auth_protects_the_api(tmp_path):
         headers = {"Authorization": "Bearer sekret"}
         assert client.post(BASE, json=conversation(), headers=headers).status_code == 201
         assert len(client.get(BASE, headers=headers).json()["data"]) == 1
+
+
+def test_each_api_key_has_its_own_history(tmp_path):
+    with make_client(tmp_path, api_keys=("alice-key", "bob-key")) as client:
+        alice, bob = ({"Authorization": f"Bearer {k}"} for k in ("alice-key", "bob-key"))
+        mine = client.post(BASE, json=conversation("Alice's plans"), headers=alice).json()
+        assert client.get(BASE, headers=bob).json()["data"] == []
+        assert client.get(BASE, params={"q": "plans"}, headers=bob).json()["data"] == []
+        for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/restore"), ("GET", "/export")):
+            _error(client.request(method, f"{BASE}/{mine['id']}{path}", headers=bob), 404)
+        _error(client.put(f"{BASE}/{mine['id']}", json=mine, headers=bob), 404)
+        assert client.get(f"{BASE}/{mine['id']}", headers=alice).json() == mine  # untouched by Bob
+    with make_client(tmp_path) as client:  # no keys: one history, whatever placeholder a client sends
+        client.post(BASE, json=conversation("Shared"), headers={"Authorization": "Bearer sk-none"})
+        assert [c["title"] for c in client.get(BASE).json()["data"]] == ["Shared"]
+
+
+def test_unpaired_surrogates_are_a_400_not_a_500(client):
+    message = '{"id": "a", "role": "user", "content": "x", "reasoning": "\\ud83d"}'
+    body = '{"title": "ok", "messages": [' + message + "]}"
+    _error(client.post(BASE, content=body, headers={"content-type": "application/json"}), 400, "surrogate")
+    body = '{"title": "\\ud83d half an emoji"}'
+    assert client.post(BASE, content=body, headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_search_snippets_come_from_a_bounded_piece_of_long_text(client):
+    long = "filler " * 50_000 + "the needle is here " + "more " * 50_000
+    client.post(BASE, json=conversation(messages=[{"id": "a", "role": "user", "content": long}]))
+    (hit,) = client.get(BASE, params={"q": "NEEDLE"}).json()["data"]
+    assert "the needle is here" in hit["snippet"] and len(hit["snippet"]) < 200
