@@ -8,6 +8,7 @@ engine stream's iteration and aborts the request. A non-streaming request has no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -23,6 +24,7 @@ from ossai.server.generation import Done, Event
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+KEEPALIVE_S = 15.0  # an SSE comment after this long without a frame: proxies close streams idle for ~60 s
 
 
 class ClientDisconnected(OssaiError):
@@ -43,11 +45,37 @@ def _error(exc: Exception) -> dict:
     return error_body(500, f"generation failed: {exc}")
 
 
-async def sse(chunks: AsyncIterator[dict], done_marker: bool = True) -> AsyncIterator[str]:
-    """`data: {json}` frames, then `data: [DONE]`; an error mid-stream becomes an error frame."""
+async def with_keepalive(items: AsyncIterator[T], every: float = KEEPALIVE_S) -> AsyncIterator[T | None]:
+    """The items, and None after each `every` seconds without one (a long prefill, a tool call waiting
+    for the user's confirmation). Closing this closes the wait on `items` too."""
+    iterator = aiter(items)
+    pending: asyncio.Future[T] | None = None
     try:
-        async for chunk in chunks:
-            yield f"data: {dumps(chunk)}\n\n"
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+
+
+async def sse(chunks: AsyncIterator[dict], done_marker: bool = True) -> AsyncIterator[str]:
+    """`data: {json}` frames, then `data: [DONE]`; an error mid-stream becomes an error frame; a comment
+    line keeps a silent stream alive."""
+    try:
+        async with contextlib.aclosing(with_keepalive(chunks, KEEPALIVE_S)) as frames:
+            async for chunk in frames:
+                yield ": keep-alive\n\n" if chunk is None else f"data: {dumps(chunk)}\n\n"
     except Exception as exc:  # the status line is already sent: report in-band
         yield f"data: {dumps(_error(exc))}\n\n"
     if done_marker:
@@ -59,9 +87,14 @@ async def sse_events(events: AsyncIterator[tuple[str, dict]]) -> AsyncIterator[s
     mid-stream becomes the API's `error` event."""
     sequence = 0
     try:
-        async for name, data in events:
-            sequence = data.get("sequence_number", sequence) + 1
-            yield f"event: {name}\ndata: {dumps(data)}\n\n"
+        async with contextlib.aclosing(with_keepalive(events, KEEPALIVE_S)) as frames:
+            async for event in frames:
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                name, data = event
+                sequence = data.get("sequence_number", sequence) + 1
+                yield f"event: {name}\ndata: {dumps(data)}\n\n"
     except Exception as exc:
         error = _error(exc)["error"]
         data = {"type": "error", "code": error["code"], "message": error["message"], "param": error["param"],
