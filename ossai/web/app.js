@@ -6,7 +6,7 @@ import {
   openConversation, renameConversation,
 } from "./chat.js";
 import { onSaved } from "./conversations.js";
-import { drawCharts, startDashboard, stopDashboard } from "./dashboard.js";
+import { startDashboard, stopDashboard } from "./dashboard.js";
 import { $ } from "./dom.js";
 import { fillIcons } from "./icons.js";
 import { initModels, loadModelPicker, refreshModels } from "./models.js";
@@ -55,9 +55,12 @@ function route() {
 function toggleTheme() {
   const root = document.documentElement;
   const dark = root.dataset.theme ? root.dataset.theme === "dark" : matchMedia("(prefers-color-scheme: dark)").matches;
-  root.dataset.theme = dark ? "light" : "dark";
-  localStorage.setItem("ossai.theme", root.dataset.theme);
-  drawCharts();
+  root.dataset.theme = dark ? "light" : "dark"; // the dashboard's charts see it and redraw
+  try {
+    localStorage.setItem("ossai.theme", root.dataset.theme);
+  } catch {
+    // storage disabled: the choice lasts until the page is left
+  }
 }
 
 // --- The sidebar as a drawer (narrow screens) -------------------------------------------------------

@@ -53,6 +53,7 @@ export function drawChart(canvas, values, { unit = "", max = null, digits = 1 } 
   ctx.fillText(latest, width - pad.right, 2);
 
   const accent = cssVar("--accent");
+  canvas.dataset.accent = accent; // the colours it was drawn in (a theme change redraws: dashboard.js)
   ctx.strokeStyle = accent;
   ctx.lineWidth = 2;
   ctx.lineJoin = "round";

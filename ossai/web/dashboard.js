@@ -117,11 +117,15 @@ function drawFigures(stats) {
   for (const [key, value] of Object.entries(figures)) $(`#figure-${key}`).textContent = String(value);
 }
 
+/** Compact: "25 s", "3 min", "2 h 5 min", "3 d 4 h" (the two largest units, a zero second one left out). */
 function formatUptime(seconds) {
   if (!(seconds >= 0)) return "—";
   const s = Math.floor(seconds);
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  const pair = (big, bigUnit, small, smallUnit) => (small ? `${big} ${bigUnit} ${small} ${smallUnit}` : `${big} ${bigUnit}`);
+  if (s < 86400) return pair(Math.floor(s / 3600), "h", Math.floor((s % 3600) / 60), "min");
+  return pair(Math.floor(s / 86400), "d", Math.floor((s % 86400) / 3600), "h");
 }
 
 function expires(iso) {
@@ -145,3 +149,8 @@ function drawModels(models) {
 }
 
 window.addEventListener("resize", () => lastStats && drawCharts());
+// A chart takes the theme's colours when it is drawn, so a change of theme redraws them at once rather
+// than at the next sample: "Toggle theme" (data-theme on <html>) or the system's colour scheme, which the
+// page follows while no theme is chosen.
+new MutationObserver(() => drawCharts()).observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => drawCharts());

@@ -7,6 +7,7 @@ const PATHS = {
   close: "M18 6 6 18M6 6l12 12",
   left: "M15 18l-6-6 6-6",
   right: "M9 18l6-6-6-6",
+  chevron: "M9 6l6 6-6 6", // a disclosure's: pointing right, turned down by CSS when open
   send: "M12 19V5M5 12l7-7 7 7",
   stop: "M7 7h10v10H7z",
   copy: "M9 9h11v11H9zM5 15H4a1 1 0 0 1-1-1V4a1 1 0 0 1 1-1h10a1 1 0 0 1 1 1v1",

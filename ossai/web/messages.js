@@ -125,10 +125,14 @@ function updateReasoning(article, message, ctx) {
     return;
   }
   if (!panel) {
-    panel = h("details", { class: "reasoning" }, h("summary", {}), h("div", { class: "reasoning-text" }));
+    panel = h("details", { class: "reasoning" },
+      h("summary", {}, h("span", { class: "reasoning-label" }), icon("chevron")),
+      h("div", { class: "reasoning-text" }));
     article.querySelector(".tools").before(panel);
   }
-  panel.querySelector("summary").textContent = reasoningSummary(message);
+  const label = panel.querySelector(".reasoning-label");
+  const summary = reasoningSummary(message);
+  if (label.textContent !== summary) label.textContent = summary;
   const text = panel.querySelector(".reasoning-text");
   if (text.textContent !== message.reasoning) text.textContent = message.reasoning; // plain text, as the model wrote it
   // Open while thinking, closed once the answer starts (open in Reasoning mode); a panel the user

@@ -74,12 +74,14 @@ function row(model, loaded, context) {
   const name = model.name;
   const act = (label, work) => h("button", { type: "button", class: "button small", disabled: busy.has(name), onclick: () => work(name) }, label);
   const status = loaded ? `loaded${loaded.device ? ` (${loaded.device})` : ""}` : "not loaded";
+  // The classes lay a row out as a card on narrow screens (style.css): the name, then size, quantization,
+  // context and status on one line, then the buttons.
   return h("tr", { dataset: { model: name } },
     h("td", { class: "model-name" }, name),
-    h("td", {}, formatBytes(model.size)),
-    h("td", {}, model.details?.quantization_level ?? "—"),
-    h("td", {}, context ? context.toLocaleString() : "—"),
-    h("td", {}, h("span", { class: `status-pill ${loaded ? "on" : ""}` }, busy.has(name) ? "working…" : status)),
+    h("td", { class: "model-fact" }, formatBytes(model.size)),
+    h("td", { class: "model-fact" }, model.details?.quantization_level ?? "—"),
+    h("td", { class: context ? "model-fact model-context" : "model-fact" }, context ? context.toLocaleString() : "—"),
+    h("td", { class: "model-status" }, h("span", { class: `status-pill ${loaded ? "on" : ""}` }, busy.has(name) ? "working…" : status)),
     h("td", { class: "row-actions" },
       loaded ? act("Unload", unload) : act("Load", load),
       act("Delete", confirmDelete)));

@@ -40,7 +40,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The screenshots the tests take go to build/screenshots/ (git-ignored), so a test run leaves the working tree
+# clean; OSSAI_UPDATE_SCREENSHOTS=1 writes the committed ones in docs/screenshots/ instead (the README's).
+UPDATE_SCREENSHOTS = os.environ.get("OSSAI_UPDATE_SCREENSHOTS") == "1"
+SCREENSHOTS = ROOT / ("docs" if UPDATE_SCREENSHOTS else "build") / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
 TIMEOUT_MS = 15_000  # a locator's or an expectation's wait
@@ -368,7 +371,7 @@ def conversation(title: str, messages: list[dict], **fields: Any) -> dict:
 def screenshot(page: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=path)
+    page.screenshot(path=path, animations="disabled")  # a chevron just turned shows turned, not halfway
     return path
 
 

@@ -1,5 +1,11 @@
-"""Screenshots for the README (docs/screenshots/*.png): the chat with a reasoning panel and an Agent-mode
-python tool card, the model manager and the dashboard, in the light and the dark theme and at phone width.
+"""Screenshots for the README: the chat with a reasoning panel and an Agent-mode python tool card, the model
+manager and the dashboard, in the light and the dark theme and at phone width.
+
+Every run takes them (a page that breaks fails here), but writes them to build/screenshots/*.png, which git
+ignores, so running the tests leaves the working tree clean. To update the committed ones in
+docs/screenshots/ (same file names), run with OSSAI_UPDATE_SCREENSHOTS=1:
+
+    OSSAI_UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/web/test_web_screenshots.py
 
 A server of their own, so the sidebar shows only the conversations made here."""
 
@@ -55,18 +61,32 @@ def open_panels(page) -> None:
             details.locator("summary").first.click()
 
 
-def shoot(page, name: str, phone: bool) -> None:
-    """`name`-phone.png, or `name`-light.png and `name`-dark.png (the theme follows the system's)."""
+def shoot(page, name: str, phone: bool, settle=lambda: None) -> None:
+    """`name`-phone.png, or `name`-light.png and `name`-dark.png (the theme follows the system's);
+    `settle()` runs after each change of theme, before the screenshot."""
     if phone:
         screenshot(page, f"{name}-phone")
         return
     page.emulate_media(color_scheme="light")
+    settle()
     light = page.evaluate(BACKGROUND)
     screenshot(page, f"{name}-light")
     page.emulate_media(color_scheme="dark")
+    settle()
     dark = page.evaluate(BACKGROUND)
     assert dark != light, f"the page did not follow the dark colour scheme ({light} both times)"
     screenshot(page, f"{name}-dark")
+
+
+def redrawn(page, canvas) -> None:
+    """Wait for the chart to be drawn in the theme's colours (a change of theme redraws the charts at once,
+    not at their next sample); `data-accent` is the accent colour it was last drawn in."""
+    page.wait_for_function(
+        """c => c.dataset.accent ===
+            getComputedStyle(document.documentElement).getPropertyValue("--accent").trim()""",
+        arg=canvas.element_handle(),
+        timeout=3_000,
+    )
 
 
 @pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
@@ -88,9 +108,12 @@ def test_screenshots(new_page, shots_server: OssaiServer, agent_conversation: st
     shoot(page, "models", phone)
 
     page.goto("/#/dashboard")
-    tokens = page.locator("figure").filter(has=page.get_by_label("Tokens per second chart", exact=True))
+    canvas = page.get_by_label("Tokens per second chart", exact=True)
+    tokens = page.locator("figure").filter(has=canvas)
     with busy(shots_server):
         page.wait_for_function(
             "f => Number(f.getAttribute('data-points')) >= 8", arg=tokens.element_handle(), timeout=30_000
         )
-    shoot(page, "dashboard", phone)
+    if phone:
+        tokens.scroll_into_view_if_needed()  # the charts, below the meters and figures
+    shoot(page, "dashboard", phone, settle=lambda: redrawn(page, canvas))
