@@ -54,6 +54,24 @@ def test_unpacked_verified_and_registered_once(bundle, sparse):
     assert [m.name for m in list_models()] == ["ossai-demo"]
 
 
+def test_a_retrained_demo_replaces_the_unpacked_one(bundle, sparse, tmp_path, monkeypatch):
+    old = demo.ensure()
+    retrained = tmp_path / "retrained"
+    shutil.copytree(sparse, retrained)
+    weights = retrained / "original" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["embedding.weight"][:10] += 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    archive = pack(retrained, {"steps": 2}, tmp_path / "data2")  # what a newer ossai ships
+    monkeypatch.setattr(demo, "ARCHIVE", archive)
+    monkeypatch.setattr(demo, "RECORD", archive.parent / demo.RECORD.name)
+    new = demo.ensure()
+    assert new.revision != old.revision and new.extra["training"] == {"steps": 2}
+    unpacked = models.resolve("ossai-demo") / "original" / "model.safetensors"
+    assert unpacked.read_bytes() == weights.read_bytes()
+    assert demo.ensure().added == new.added  # and then kept
+
+
 def test_a_damaged_archive_is_refused_and_nothing_registered(bundle):
     data = bytearray(bundle.read_bytes())
     data[len(data) // 2] ^= 0xFF
