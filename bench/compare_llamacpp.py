@@ -34,22 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ossai.store.resources import cpu_name
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `python bench/compare_llamacpp.py` imports bench.gguf_export
 
 
 # -- the machine -----------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> list[str]:
@@ -162,14 +154,15 @@ def run_ossai(checkpoint: Path, args) -> dict:
     cmd += ["bench", str(checkpoint), "--prompt-tokens", str(args.prompt_tokens)]
     cmd += ["--gen-tokens", str(args.gen_tokens), "--threads", str(args.threads), "--concurrency", "1"]
     cmd += ["--json"]
-    rc, out, err, wall, rss = run_child(cmd, args.timeout)
+    return run_side(cmd, args.timeout, "ossai bench")
+
+
+def run_side(cmd: list[str], timeout: float, what: str) -> dict:
+    """One side's child process: its JSON result, with its own peak RSS, wall time and command."""
+    rc, out, err, wall, rss = run_child(cmd, timeout)
     if rc != 0:
-        raise RuntimeError(f"ossai bench failed ({rc}):\n{err[-3000:]}")
-    result = last_json(out)
-    result["child_peak_rss_mb"] = rss
-    result["wall_s"] = wall
-    result["command"] = shlex.join(cmd)
-    return result
+        raise RuntimeError(f"{what} failed ({rc}):\n{err[-3000:]}")
+    return last_json(out) | {"child_peak_rss_mb": rss, "wall_s": wall, "command": shlex.join(cmd)}
 
 
 def run_llama(gguf: Path, args) -> dict:
@@ -177,14 +170,7 @@ def run_llama(gguf: Path, args) -> dict:
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
     cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx)]
     cmd += ["--flash-attn" if args.flash_attn else "--no-flash-attn"]
-    rc, out, err, wall, rss = run_child(cmd, args.timeout)
-    if rc != 0:
-        raise RuntimeError(f"llama.cpp worker failed ({rc}):\n{err[-3000:]}")
-    result = last_json(out)
-    result["child_peak_rss_mb"] = rss
-    result["wall_s"] = wall
-    result["command"] = shlex.join(cmd)
-    return result
+    return run_side(cmd, args.timeout, "llama.cpp worker")
 
 
 def llama_worker(args) -> int:
@@ -272,7 +258,7 @@ def compare(args) -> dict:
         export(args.checkpoint, gguf, progress=True)
 
     machine = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -14,15 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from ossai.store.resources import cpu_name
 
 
 def main() -> int:
@@ -49,7 +41,7 @@ def main() -> int:
     result = json.loads(out)
     result["command"] = " ".join(command)
     result["machine"] = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": subprocess.getoutput("nproc"),
         "python": platform.python_version(),
     }

@@ -35,6 +35,7 @@ from typing import Any
 
 from ossai.engine import Engine, Request, SamplingParams
 from ossai.harmony import STOP_TOKENS, StreamParser, load_encoding
+from ossai.store.resources import cpu_name
 from training.data import Example, examples
 from training.tasks import EFFORTS
 
@@ -219,15 +220,7 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def evaluate(

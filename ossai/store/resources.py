@@ -249,7 +249,7 @@ def detect() -> Resources:
     total, available = _memory()
     logical = os.cpu_count() or 1
     return Resources(
-        cpu_name=_cpu_name(),
+        cpu_name=cpu_name(),
         physical_cores=_physical_cores() or logical,
         logical_cores=logical,
         ram_total_bytes=total,
@@ -278,7 +278,8 @@ def _memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
     return total, total
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (x86 `model name`, ARM `Hardware`), for reports and benchmarks."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware")):
