@@ -1,64 +1,207 @@
-"""Profile one batched decode step (cProfile): where a step's time goes, kernel by kernel.
+"""Where a decode step's time goes: the extension's kernels, the torch/Python glue around them in the
+model, and the engine's own work per step (scheduling, sampling, queues).
 
-python bench/profile_decode_step.py CHECKPOINT [--streams 8] [--context 500] [--threads 2]
+    python bench/profile_decode_step.py CHECKPOINT [--streams 8] [--context 500] [--threads 2]
+                                                   [--steps 8] [--profile] [--json]
+
+1. `--streams` sequences of `--context` random tokens are prefilled straight through the runner, then
+   `--steps` batched decode steps run; every call into the CPU extension is timed (each kernel returns
+   only when its parallel region is done, so the sum is the time spent in kernels), the rest of
+   `runner.step` is the model's glue: norms, RoPE, residual adds, KV writes, slicing, logits copy.
+2. The same number of streams then decodes through the real engine (`Engine.generate` in threads,
+   greedy); the engine's time per step minus its `runner.step` time is the scheduler, sampling and
+   stream overhead in Python.
+`--profile` adds cProfile's top functions for one step.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
+import threading
 import time
+from collections import defaultdict
 
 import torch
 
 from ossai.engine import Engine, EngineConfig, Request, SamplingParams
 from ossai.engine.scheduler import Scheduled
 from ossai.engine.sequence import Sequence
+from ossai.kernels import cpu
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint")
-    parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--context", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    engine = Engine.load(args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024))
+def timed_kernels(engine: Engine) -> dict[str, float]:
+    """Wrap every entry point of the loaded extension the model and runner call; returns the totals."""
+    totals: dict[str, float] = defaultdict(float)
+
+    def wrap(name, fn):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] += time.perf_counter() - started
+
+        return timed
+
+    module = cpu.load()
+    if module is None:
+        return totals
+    model, runner = engine.model, engine.runner
+    # the model holds closures over the module's functions: re-run the swap with timed ones
+    originals = {n: getattr(module, n) for n in ("bf16_linear", "mxfp4_linear", "moe", "paged_attention")}
+
+    class Timed:
+        pass
+
+    timed_module = Timed()
+    for name, fn in originals.items():
+        setattr(timed_module, name, wrap(name, fn))
+    from ossai import kernels
+
+    dense = kernels._decode_dense(timed_module.bf16_linear)
+    mix = kernels._fused_moe(timed_module.moe)
+    experts = kernels._fused_mxfp4(timed_module.mxfp4_linear)
+    for mlp in model.mlp:
+        mlp.dense, mlp.mix, mlp.mxfp4_linear = dense, mix, experts
+    for attn in model.attn:
+        attn.dense = dense
+    model.dense = dense
+    if runner.attention_kernel is not None:
+        runner.attention_kernel = timed_module.paged_attention
+    return totals
+
+
+def runner_split(engine: Engine, streams: int, context: int, steps: int, profile: bool) -> dict:
     runner = engine.runner
     g = torch.Generator().manual_seed(0)
     seqs = []
-    for _ in range(args.streams):  # random prompts: decode tokens route to many different experts
-        prompt = torch.randint(0, 199_000, (args.context,), generator=g).tolist()
+    for _ in range(streams):  # random prompts: decode tokens route to many different experts
+        prompt = torch.randint(0, 199_000, (context,), generator=g).tolist()
         seq = Sequence(Request(prompt, SamplingParams(max_tokens=8)))
-        runner.blocks.allocate(seq.tables, 0, args.context)
-        runner.step([Scheduled(seq, 0, args.context)])
-        runner.blocks.computed(seq.tables, seq.tokens, args.context)
-        seq.num_computed = args.context
+        runner.blocks.allocate(seq.tables, 0, context)
+        runner.step([Scheduled(seq, 0, context)])
+        runner.blocks.computed(seq.tables, seq.tokens, context)
+        seq.num_computed = context
         seqs.append(seq)
 
-    def step() -> None:
+    def step() -> float:
         batch = []
         for seq in seqs:
             seq.tokens.append(int(torch.randint(0, 199_000, (), generator=g)))
             runner.blocks.allocate(seq.tables, seq.num_computed, seq.num_computed + 1)
             batch.append(Scheduled(seq, seq.num_computed, 1))
+        started = time.perf_counter()
         runner.step(batch)
+        seconds = time.perf_counter() - started
         for seq in seqs:
             seq.num_computed += 1
             runner.blocks.computed(seq.tables, seq.tokens, seq.num_computed)
+        return seconds
 
-    step()
-    started = time.perf_counter()
-    step()
-    print(f"one decode step of {args.streams} streams: {time.perf_counter() - started:.3f} s")
-    profile = cProfile.Profile()
-    profile.enable()
-    step()
-    profile.disable()
-    pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+    step()  # warm: every selected expert's pages in, buffers allocated
+    totals = timed_kernels(engine)
+    wall = sum(step() for _ in range(steps))
+    kernels = dict(totals)
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        step()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    in_kernels = sum(kernels.values())
+    for seq in seqs:
+        runner.blocks.free(seq.tables)
+    return {
+        "step_ms": round(1e3 * wall / steps, 2),
+        "kernels_ms": {k: round(1e3 * v / steps, 2) for k, v in sorted(kernels.items())},
+        "in_kernels_ms": round(1e3 * in_kernels / steps, 2),
+        "glue_ms": round(1e3 * (wall - in_kernels) / steps, 2),
+        "glue_fraction": round((wall - in_kernels) / wall, 4),
+    }
+
+
+def engine_split(engine: Engine, streams: int, context: int, tokens: int) -> dict:
+    """Decode through the real engine loop; its time per step beyond runner.step is Python overhead."""
+    runner = engine.runner
+    in_runner, calls = [0.0], [0]
+    original = runner.step
+
+    def step(batch):
+        started = time.perf_counter()
+        try:
+            return original(batch)
+        finally:
+            in_runner[0] += time.perf_counter() - started
+            calls[0] += 1
+
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 199_000, (context,), generator=g).tolist() for _ in range(streams)]
+    params = SamplingParams(max_tokens=tokens, temperature=0.0)  # no stop tokens: all `tokens`
+
+    def run(prompt):
+        list(engine.generate(prompt, params))
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
+    runner.step = step  # type: ignore[method-assign]
+    try:
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+    finally:
+        runner.step = original  # type: ignore[method-assign]
+    overhead = wall - in_runner[0]
+    return {
+        "steps": calls[0],
+        "wall_s": round(wall, 3),
+        "runner_s": round(in_runner[0], 3),
+        "engine_overhead_ms_per_step": round(1e3 * overhead / max(1, calls[0]), 3),
+        "engine_overhead_fraction": round(overhead / wall, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--context", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="decode steps timed in part 1")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per stream in part 2")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args()
+    engine = Engine.load(args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024))
+    try:
+        report = {
+            "checkpoint": args.checkpoint,
+            "streams": args.streams,
+            "context": args.context,
+            "threads": args.threads,
+            "engine": engine_split(engine, args.streams, args.context, args.tokens),
+            "step": runner_split(engine, args.streams, args.context, args.steps, args.profile),
+        }
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(report))
+        return
+    s, e = report["step"], report["engine"]
+    print(f"decode step, {args.streams} streams at context {args.context}: {s['step_ms']} ms")
+    for name, ms in s["kernels_ms"].items():
+        print(f"  {name:<16}{ms:>9.2f} ms")
+    print(f"  {'glue (model)':<16}{s['glue_ms']:>9.2f} ms  ({100 * s['glue_fraction']:.1f}%)")
+    print(
+        f"engine, beyond runner.step: {e['engine_overhead_ms_per_step']} ms per step "
+        f"({100 * e['engine_overhead_fraction']:.1f}% of {e['steps']} steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ Legend: N = tokens in the step, S = keys visible to a sequence, K = kv heads, D 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
 import torch
 
+from ossai import kernels
 from ossai.config import EngineConfig
 from ossai.engine.block_manager import BlockManager
 from ossai.engine.scheduler import Scheduled
@@ -46,6 +48,11 @@ class BatchMeta:
     write_slots: list[torch.Tensor]  # per group: [N] pool slot of each new token
     read_slots: list[list[torch.Tensor]]  # per group, per sequence: [S] slots of the visible keys
     read_pos: list[list[torch.Tensor]]  # per group, per sequence: [S] their positions
+    # the same for the fused kernel: all sequences' rows and keys in flat vectors with offsets
+    row_start: torch.Tensor  # [B+1]
+    key_slots: list[torch.Tensor]  # per group: [sum S]
+    key_pos: list[torch.Tensor]
+    key_start: list[torch.Tensor]  # per group: [B+1]
 
     def attend(self, layer, q, k, v, positions, window, sinks, sm_scale) -> torch.Tensor:
         """Store this step's keys/values for `layer`, then attend each sequence over its cached keys."""
@@ -53,6 +60,12 @@ class BatchMeta:
         k_pool, v_pool = self.runner.k_pools[group][index], self.runner.v_pools[group][index]  # [slots, K, D]
         k_pool[self.write_slots[group]] = k.to(k_pool.dtype)
         v_pool[self.write_slots[group]] = v.to(v_pool.dtype)
+        kernel = self.runner.attention_kernel
+        if kernel is not None and q.dtype == k_pool.dtype == torch.float32:
+            return kernel(
+                q, k_pool, v_pool, sinks, positions, self.row_start, self.key_slots[group],
+                self.key_pos[group], self.key_start[group], window or 0, sm_scale,
+            )  # fmt: skip
         out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         for i, rows in enumerate(self.segments):
             slots = self.read_slots[group][i]
@@ -73,6 +86,7 @@ class Runner:
     def __init__(self, model: Transformer, config: EngineConfig, device: torch.device):
         self.model = model
         self.device = device
+        self.attention_kernel = kernels.paged_attention(device)  # None: the reference, per sequence
         mc = model.config
         self.block_size = bs = config.block_size
         self.window = mc.sliding_window
@@ -148,12 +162,18 @@ class Runner:
                 writes[g].append(self._slots(table, start, end))
                 reads[g].append(self._slots(table, first_visible[g], end).to(self.device))
                 read_pos[g].append(torch.arange(first_visible[g], end, device=self.device))
+        starts = [0, *itertools.accumulate(s.stop - s.start for s in segments)]
+        key_starts = [[0, *itertools.accumulate(len(r) for r in group)] for group in reads]
         meta = BatchMeta(
             runner=self,
             segments=segments,
             write_slots=[torch.cat(w).to(self.device) for w in writes],
             read_slots=reads,
             read_pos=read_pos,
+            row_start=torch.tensor(starts, device=self.device),
+            key_slots=[torch.cat(r) for r in reads],
+            key_pos=[torch.cat(p) for p in read_pos],
+            key_start=[torch.tensor(k, device=self.device) for k in key_starts],
         )
         return torch.tensor(tokens, device=self.device), torch.cat(positions).to(self.device), meta
 

@@ -52,6 +52,9 @@ class AttentionBlock(nn.Module):
                      "sinks", "out.weight", "out.bias"):  # fmt: skip
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
         self.dense = linear  # bf16-weight products; kernels.accelerate() swaps in a fast op
+        # kernels.accelerate() sets (weight, bias) of q, k and v as one matrix when the checkpoint stores
+        # them so (the original layout's fused qkv): one product instead of three
+        self.qkv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -62,9 +65,16 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         t = rms_norm(x, self.norm_scale)
         n = x.shape[0]
-        q = self.dense(t, self.q_weight, self.q_bias).view(n, self.heads, self.head_dim)  # [T, K*G, D]
-        k = self.dense(t, self.k_weight, self.k_bias).view(n, self.kv_heads, self.head_dim)  # [T, K, D]
-        v = self.dense(t, self.v_weight, self.v_bias).view(n, self.kv_heads, self.head_dim)
+        if self.qkv is not None:
+            kv = self.k_weight.shape[0]
+            q, k, v = self.dense(t, *self.qkv).split([self.q_weight.shape[0], kv, kv], dim=1)
+        else:
+            q = self.dense(t, self.q_weight, self.q_bias)
+            k = self.dense(t, self.k_weight, self.k_bias)
+            v = self.dense(t, self.v_weight, self.v_bias)
+        q = q.view(n, self.heads, self.head_dim)  # [T, K*G, D]
+        k = k.view(n, self.kv_heads, self.head_dim)  # [T, K, D]
+        v = v.view(n, self.kv_heads, self.head_dim)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is None:  # one sequence, attending to itself
             a = attention(q, k, v, self.sinks, positions, positions, self.window, self.sm_scale)
@@ -94,6 +104,8 @@ class MLPBlock(nn.Module):
         self.limit = config.swiglu_limit
         self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
         self.dense = linear
+        # kernels.accelerate() sets a fused block, called as mix(self, t) (None: reference_mix)
+        self.mix: Callable[[MLPBlock, torch.Tensor], torch.Tensor] | None = None
 
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (expert ids [T, A], weights [T, A] fp32)"""
@@ -122,10 +134,13 @@ class MLPBlock(nn.Module):
             out.index_add_(0, tokens, y.float() * weights.flatten()[slots, None])
         return out.to(t.dtype)
 
+    def reference_mix(self, t: torch.Tensor) -> torch.Tensor:
+        """The block's output before the residual, for normed input t [T, H]."""
+        return self.experts(t, *self.route(t))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = rms_norm(x, self.norm_scale)
-        idx, weights = self.route(t)
-        return x + self.experts(t, idx, weights)
+        return x + (self.mix(self, t) if self.mix is not None else self.reference_mix(t))
 
 
 class Transformer(nn.Module):

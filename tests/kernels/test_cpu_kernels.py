@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ossai import kernels as kernels_pkg
+from ossai.config import SWIGLU_ALPHA, ModelConfig
 from ossai.engine import Engine, SamplingParams
 from ossai.kernels import cpu
 from ossai.model import layers, transformer
@@ -61,13 +63,17 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
     assert engine.model.dense is not layers.linear and all(
         a.dense is engine.model.dense for a in engine.model.attn
     )
+    assert all(m.mix is not None for m in engine.model.mlp)
+    assert all(a.qkv is not None for a in engine.model.attn)  # the original layout stores qkv fused
     prompt = list(range(1000, 1100))
     params = SamplingParams(max_tokens=64, temperature=0.0)
     fast = list(engine.generate(prompt, params))
     for m in engine.model.mlp:
-        m.mxfp4_linear, m.dense = transformer.mxfp4_linear, layers.linear  # back to the reference
+        m.mxfp4_linear, m.dense, m.mix = transformer.mxfp4_linear, layers.linear, None  # the reference
     for module in [*engine.model.attn, engine.model]:
         module.dense = layers.linear
+    for a in engine.model.attn:
+        a.qkv = None
     reference = list(engine.generate(prompt, params))
     engine.close()
     assert fast == reference
@@ -88,3 +94,134 @@ def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features,
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     with pytest.raises(RuntimeError, match="contiguous"):
         kernels.bf16_linear(x, weight.t(), None)
+
+
+def _moe_block(experts: int, hidden: int, intermediate: int, seed: int) -> transformer.MLPBlock:
+    """An MLPBlock with random weights in the checkpoint's dtypes (bf16 router and biases, MXFP4 experts)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "norm.scale": ((hidden,), None),
+        "gate.weight": ((experts, hidden), torch.bfloat16),
+        "gate.bias": ((experts,), torch.bfloat16),
+        "mlp1_weight.blocks": ((experts, 2 * intermediate, hidden // 32, 16), torch.uint8),
+        "mlp1_weight.scales": ((experts, 2 * intermediate, hidden // 32), torch.uint8),
+        "mlp1_bias": ((experts, 2 * intermediate), torch.bfloat16),
+        "mlp2_weight.blocks": ((experts, hidden, intermediate // 32, 16), torch.uint8),
+        "mlp2_weight.scales": ((experts, hidden, intermediate // 32), torch.uint8),
+        "mlp2_bias": ((experts, hidden), torch.bfloat16),
+    }
+    weights = {}
+    for name, (shape, dtype) in shapes.items():
+        if dtype is torch.uint8:
+            low, high = (118, 124) if name.endswith("scales") else (0, 256)
+            weights[name] = torch.randint(low, high, shape, dtype=torch.uint8, generator=g)
+        else:
+            weights[name] = torch.randn(shape, generator=g).to(dtype or torch.float32)
+    config = ModelConfig(
+        num_hidden_layers=1, num_experts=experts, experts_per_token=4, hidden_size=hidden,
+        intermediate_size=intermediate, vocab_size=256, head_dim=32, num_attention_heads=2,
+        num_key_value_heads=1,
+    )  # fmt: skip
+    return transformer.MLPBlock(config, 0, lambda name: weights[name.removeprefix("block.0.mlp.")])
+
+
+@pytest.mark.parametrize(
+    ("rows", "experts", "hidden", "intermediate"),
+    [
+        (1, 8, 64, 64),
+        (7, 8, 96, 64),
+        (16, 32, 64, 128),
+        (3, 4, 2880, 2880),
+        (5, 128, 64, 32),
+        (300, 8, 128, 64),  # a prefill chunk: weights decoded once per tile
+    ],
+)
+def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediate):
+    """The fused block (router, top-4 softmax, experts with bias and clamped SwiGLU, weighted sum) against
+    MLPBlock.route + MLPBlock.experts on the plain-torch ops."""
+    mlp = _moe_block(experts, hidden, intermediate, seed=rows * experts)
+    t = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(rows))
+    ref = mlp.reference_mix(t)
+    got = kernels.moe(
+        t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales,
+        mlp.mlp1_bias, mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA,
+    )  # fmt: skip
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_moe_rejects_bad_shapes(kernels):
+    mlp = _moe_block(8, 64, 64, seed=0)
+    args = [mlp.gate_weight, mlp.gate_bias, 4, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales, mlp.mlp1_bias,
+            mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, 7.0, SWIGLU_ALPHA]  # fmt: skip
+    with pytest.raises(RuntimeError, match="gate_weight"):
+        kernels.moe(torch.randn(2, 32), *args)
+    with pytest.raises(RuntimeError, match="top_k"):
+        kernels.moe(torch.randn(2, 64), *args[:2], 9, *args[3:])
+    assert kernels.moe(torch.randn(0, 64), *args).shape == (0, 64)
+
+
+@pytest.mark.parametrize(
+    ("queries", "window", "kv_heads", "groups"),
+    [
+        ([(1, 1)], None, 1, 1),  # the first token of a sequence
+        ([(1, 300), (1, 129), (1, 128), (1, 5)], 128, 8, 8),  # decode, around the window's edge
+        ([(7, 140), (1, 60)], 128, 2, 4),  # a chunk of 7 crossing the window, next to a decode
+        ([(1000, 1000)], None, 1, 2),  # a 1,000-token prompt
+        ([(1000, 1000)], 128, 2, 2),
+        ([(3, 10), (2, 200), (1, 33)], None, 4, 1),
+    ],
+)
+def test_paged_attention_matches_reference(kernels, queries, window, kv_heads, groups):
+    """Each sequence = (its new query rows, its length); keys sit at scattered pool slots, as blocks do.
+    The kernel over all sequences at once against layers.attention per sequence."""
+    g = torch.Generator().manual_seed(len(queries) * 31 + kv_heads)
+    d, heads = 64, kv_heads * groups
+    total = sum(length for _, length in queries)
+    pool_slots = total + 50
+    k_pool = torch.randn(pool_slots, kv_heads, d, generator=g)
+    v_pool = torch.randn(pool_slots, kv_heads, d, generator=g)
+    sinks = torch.randn(heads, generator=g).bfloat16()
+    perm = torch.randperm(pool_slots, generator=g)
+    q_rows, q_pos, slots, pos, ref = [], [], [], [], []
+    used = 0
+    for rows, length in queries:
+        seq_slots = perm[used : used + length]
+        used += length
+        first = 0 if window is None else max(0, length - rows - window + 1)  # what the runner passes
+        key_slots, key_pos = seq_slots[first:], torch.arange(first, length)
+        q = torch.randn(rows, heads, d, generator=g) * 2
+        qp = torch.arange(length - rows, length)
+        ref.append(
+            layers.attention(q, k_pool[key_slots], v_pool[key_slots], sinks, qp, key_pos, window, 0.125)
+        )
+        q_rows.append(q), q_pos.append(qp), slots.append(key_slots), pos.append(key_pos)
+    offsets = lambda parts: torch.tensor([0, *torch.tensor([len(p) for p in parts]).cumsum(0).tolist()])  # noqa: E731
+    got = kernels.paged_attention(
+        torch.cat(q_rows), k_pool, v_pool, sinks, torch.cat(q_pos), offsets(q_rows), torch.cat(slots),
+        torch.cat(pos), offsets(slots), window or 0, 0.125,
+    )  # fmt: skip
+    expected = torch.cat(ref)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_paged_attention_rejects_slots_outside_the_pool(kernels):
+    pool = torch.randn(4, 1, 64)
+    one = torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        kernels.paged_attention(
+            torch.randn(1, 1, 64), pool, pool, torch.zeros(1), torch.tensor([0]), one, torch.tensor([9]),
+            torch.tensor([0]), one, 0, 0.125,
+        )  # fmt: skip
+
+
+def test_consecutive_rows_joins_adjacent_slices_only():
+    qkv = torch.randn(10, 4).bfloat16()
+    q, k, v = qkv[:6], qkv[6:8], qkv[8:]
+    joined = kernels_pkg.consecutive_rows(q, k, v)
+    assert joined is not None and joined.data_ptr() == qkv.data_ptr() and torch.equal(joined, qkv)
+    bias = torch.randn(10)
+    assert torch.equal(kernels_pkg.consecutive_rows(bias[:6], bias[6:8], bias[8:]), bias)
+    assert kernels_pkg.consecutive_rows(q, v, k) is None  # out of order
+    assert kernels_pkg.consecutive_rows(q, k.clone(), v) is None  # separate tensors (the HF layout)

@@ -1,4 +1,6 @@
-// CPU kernels for decode-sized products (a few rows of activations against large weights).
+// CPU kernels: the MXFP4 and bf16 matrix products, the whole mixture-of-experts block, and attention over
+// the paged KV cache. Activations and accumulation are fp32, so results match the plain-torch reference
+// (ossai/model) up to summation order.
 //
 // Fused MXFP4 matrix product: y = x @ dequant(W)^T + b, reading W in its packed form.
 //
@@ -257,6 +259,41 @@ std::vector<float> deinterleave_blocks(const float* X, int64_t n, int64_t K) {
   }
   return out;
 }
+
+// R rows of MXFP4 weights -> R x K floats in the deinterleaved block order of x (16 even, then 16 odd
+// elements per block), for products against many rows of x where decoding once per tile pays.
+template <int64_t R>
+inline void decode_rows_avx512(const uint8_t* rows, const uint8_t* scales, int64_t G, float* out) {
+  const __m512 table = _mm512_load_ps(kFp4Table);
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512 scaled = _mm512_mul_ps(table, _mm512_set1_ps(kScales.full[scales[r * G + g]]));
+      const __m512i lanes =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + (r * G + g) * 16)));
+      float* o = out + r * G * 32 + g * 32;
+      _mm512_storeu_ps(o, _mm512_permutexvar_ps(lanes, scaled));
+      _mm512_storeu_ps(o + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(lanes, 4), scaled));
+    }
+  }
+}
+
+// out[j * ldo + r] = dot(W[r], X[j]) for R float rows of W and M rows of x (K a multiple of 16).
+template <int64_t R, int64_t M>
+inline void f32_tile_avx512(const float* W, int64_t K, const float* X, float* out, int64_t ldo) {
+  __m512 acc[R][M];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    __m512 w[R];
+    for (int64_t r = 0; r < R; ++r) w[r] = _mm512_loadu_ps(W + r * K + k);
+    for (int64_t j = 0; j < M; ++j) {
+      const __m512 x = _mm512_loadu_ps(X + j * K + k);
+      for (int64_t r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < M; ++j) out[j * ldo + r] = _mm512_reduce_add_ps(acc[r][j]);
+}
 #endif
 
 // Y[t, :] += bias for each of the n rows (nothing when there is no bias).
@@ -274,7 +311,282 @@ torch::Tensor float_bias(const c10::optional<torch::Tensor>& bias, int64_t O) {
   return out;
 }
 
+// -- Fused mixture of experts --------------------------------------------------------------------------
+
+// Where element i of an activation row goes in the layout the MXFP4 product reads (deinterleaved blocks
+// for AVX-512, as is otherwise).
+inline int64_t x_slot(int64_t i) {
+#ifdef OSSAI_AVX512
+  const int64_t j = i & 31;
+  return (i - j) + ((j & 1) ? 16 + (j >> 1) : (j >> 1));
+#else
+  return i;
+#endif
+}
+
+// out[j * R + r] = dot(row o0 + r of W, row j of X) for r < R <= 4 and the n rows of X (laid out by
+// x_slot, K = G * 32 columns). `scratch` holds n floats.
+#ifdef OSSAI_AVX512
+constexpr int64_t kDecodeOnceRows = 32;  // beyond, decoding a tile once beats re-decoding it per 4 rows
+#endif
+
+void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int64_t G, const float* X,
+                  int64_t n, float* out, float* scratch) {
+  const int64_t K = G * 32;
+#ifdef OSSAI_AVX512
+  const uint8_t* rows = B + o0 * G * 16;
+  const uint8_t* scales = S + o0 * G;
+  if (R == 4 && n > kDecodeOnceRows) {  // many rows of x (prefill): decode the 4 weight rows once
+    decode_rows_avx512<4>(rows, scales, G, scratch);
+    for (int64_t t0 = 0; t0 < n; t0 += kRowsX) {
+      const float* x = X + t0 * K;
+      float* y = out + t0 * R;
+      switch (std::min(kRowsX, n - t0)) {
+        case 4: f32_tile_avx512<4, 4>(scratch, K, x, y, 4); break;
+        case 3: f32_tile_avx512<4, 3>(scratch, K, x, y, 4); break;
+        case 2: f32_tile_avx512<4, 2>(scratch, K, x, y, 4); break;
+        default: f32_tile_avx512<4, 1>(scratch, K, x, y, 4); break;
+      }
+    }
+    return;
+  }
+  for (int64_t t0 = 0; t0 < n; t0 += kRowsX) {
+    const float* x = X + t0 * K;
+    float* y = out + t0 * R;
+    const int64_t m = std::min(kRowsX, n - t0);
+    if (R == 4) {
+      switch (m) {
+        case 4: mxfp4_tile_avx512<4, 4>(rows, scales, G, x, K, y, 4); break;
+        case 3: mxfp4_tile_avx512<4, 3>(rows, scales, G, x, K, y, 4); break;
+        case 2: mxfp4_tile_avx512<4, 2>(rows, scales, G, x, K, y, 4); break;
+        default: mxfp4_tile_avx512<4, 1>(rows, scales, G, x, K, y, 4); break;
+      }
+      continue;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      switch (m) {
+        case 4: mxfp4_tile_avx512<1, 4>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
+        case 3: mxfp4_tile_avx512<1, 3>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
+        case 2: mxfp4_tile_avx512<1, 2>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
+        default: mxfp4_tile_avx512<1, 1>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
+      }
+    }
+  }
+#else
+  for (int64_t r = 0; r < R; ++r) {
+    const uint8_t* row = B + (o0 + r) * G * 16;
+    const uint8_t* row_scales = S + (o0 + r) * G;
+#if defined(OSSAI_AVX2)
+    mxfp4_row_avx2(row, row_scales, G, X, K, n, scratch);
+#else
+    std::fill(scratch, scratch + n, 0.0f);
+    alignas(64) float w[32];
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* block = row + g * 16;
+      for (int j = 0; j < 16; ++j) {
+        w[2 * j] = kPairs.v[block[j]][0];
+        w[2 * j + 1] = kPairs.v[block[j]][1];
+      }
+      accumulate_rows(w, X + g * 32, K, n, 32, kScales.full[row_scales[g]], scratch);
+    }
+#endif
+    for (int64_t j = 0; j < n; ++j) out[j * R + r] = scratch[j];
+  }
+#endif
+}
+
+// Floats a rows_product call needs as scratch for n rows of x and K columns.
+inline int64_t scratch_floats(int64_t n, int64_t K) {
+#ifdef OSSAI_AVX512
+  (void)n;
+  return 4 * K;  // 4 decoded weight rows
+#else
+  (void)K;
+  return n;
+#endif
+}
+
+// Element i of a bf16 or fp32 tensor's data, as float.
+inline float element(const void* data, bool bf16, int64_t i) {
+  if (!bf16) return static_cast<const float*>(data)[i];
+  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(data)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+void check_float_or_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16, name,
+              " must be float32 or bfloat16");
+}
+
 }  // namespace
+
+// The whole mixture-of-experts block but its norm and residual, in four parallel regions: router logits;
+// every active expert's mlp1 with its bias and the clamped SwiGLU; mlp2 with its bias; each token's
+// weighted sum. Tokens are grouped by expert, so each selected expert's packed weights are read once per
+// call for all its tokens, and a work item is a tile of 4 weight rows of one expert.
+// Reference: MLPBlock.route + MLPBlock.experts in ossai/model/transformer.py.
+torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate_bias, int64_t top_k,
+                  torch::Tensor w1_blocks, torch::Tensor w1_scales, torch::Tensor b1, torch::Tensor w2_blocks,
+                  torch::Tensor w2_scales, torch::Tensor b2, double limit, double alpha) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [n, H]");
+  const int64_t n = x.size(0), H = x.size(1), E = gate_weight.size(0);
+  TORCH_CHECK(gate_weight.dim() == 2 && gate_weight.size(1) == H, "gate_weight must be [E, H]");
+  TORCH_CHECK(gate_bias.numel() == E, "gate_bias must have E values");
+  TORCH_CHECK(top_k >= 1 && top_k <= E, "top_k must be in [1, E]");
+  TORCH_CHECK(w1_blocks.dim() == 4 && w1_blocks.size(0) == E && w1_blocks.size(2) * 32 == H &&
+                  w1_blocks.size(3) == 16 && w1_blocks.scalar_type() == torch::kUInt8 && w1_blocks.is_contiguous(),
+              "w1_blocks must be contiguous uint8 [E, 2I, H/32, 16]");
+  const int64_t I2 = w1_blocks.size(1), I = I2 / 2, G1 = H / 32;
+  TORCH_CHECK(I2 % 2 == 0 && I % 32 == 0, "mlp1 must have 2I rows with I a multiple of 32");
+  TORCH_CHECK(w2_blocks.dim() == 4 && w2_blocks.size(0) == E && w2_blocks.size(1) == H &&
+                  w2_blocks.size(2) * 32 == I && w2_blocks.size(3) == 16 &&
+                  w2_blocks.scalar_type() == torch::kUInt8 && w2_blocks.is_contiguous(),
+              "w2_blocks must be contiguous uint8 [E, H, I/32, 16]");
+  const int64_t G2 = I / 32;
+  TORCH_CHECK(w1_scales.scalar_type() == torch::kUInt8 && w1_scales.is_contiguous() &&
+                  w1_scales.numel() == E * I2 * G1, "w1_scales must be contiguous uint8 [E, 2I, H/32]");
+  TORCH_CHECK(w2_scales.scalar_type() == torch::kUInt8 && w2_scales.is_contiguous() &&
+                  w2_scales.numel() == E * H * G2, "w2_scales must be contiguous uint8 [E, H, I/32]");
+  TORCH_CHECK(b1.numel() == E * I2 && b2.numel() == E * H, "b1 must be [E, 2I] and b2 [E, H]");
+  // the router and biases are small: a strided one is copied (a no-op for the checkpoint's own tensors)
+  gate_weight = gate_weight.contiguous();
+  gate_bias = gate_bias.contiguous();
+  b1 = b1.contiguous();
+  b2 = b2.contiguous();
+  for (auto* t : {&gate_weight, &gate_bias, &b1, &b2}) check_float_or_bf16(*t, "the router and biases");
+  auto xc = x.contiguous();
+  const float* X = xc.data_ptr<float>();
+  auto out = torch::zeros({n, H}, x.options());
+  if (n == 0) return out;
+  float* Y = out.data_ptr<float>();
+
+  // 1. Router: logits [n, E], then each row's top_k (largest first) and the softmax over them.
+  std::vector<float> logits(n * E);
+  const bool gw16 = gate_weight.scalar_type() == torch::kBFloat16;
+  const void* GW = gate_weight.data_ptr();
+  // a decode step's router is ~0.1 M multiply-adds: cheaper inline than as a parallel region
+  const int64_t router_grain = n * E * H <= (int64_t{1} << 20) ? E : 4;
+  at::parallel_for(0, E, router_grain, [&](int64_t e0, int64_t e1) {
+    std::vector<float> w(H);
+    for (int64_t e = e0; e < e1; ++e) {
+      for (int64_t k = 0; k < H; ++k) w[k] = element(GW, gw16, e * H + k);
+      const float b = element(gate_bias.data_ptr(), gate_bias.scalar_type() == torch::kBFloat16, e);
+      for (int64_t t = 0; t < n; ++t) {
+        const float* xr = X + t * H;
+        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+        for (int64_t k = 0; k < H; ++k) d += w[k] * xr[k];
+        logits[t * E + e] = d + b;
+      }
+    }
+  });
+  std::vector<int64_t> chosen(n * top_k);
+  std::vector<float> gate(n * top_k);
+  std::vector<int64_t> order(E);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* l = logits.data() + t * E;
+    for (int64_t e = 0; e < E; ++e) order[e] = e;
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                      [&](int64_t a, int64_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    float total = 0.0f;
+    for (int64_t a = 0; a < top_k; ++a) {
+      chosen[t * top_k + a] = order[a];
+      gate[t * top_k + a] = std::exp(l[order[a]] - l[order[0]]);
+      total += gate[t * top_k + a];
+    }
+    for (int64_t a = 0; a < top_k; ++a) gate[t * top_k + a] /= total;
+  }
+
+  // Group the (token, weight) pairs by expert: slots [start[k], start[k+1]) belong to active[k].
+  std::vector<int64_t> count(E, 0);
+  for (int64_t e : chosen) ++count[e];
+  std::vector<int64_t> active, start{0};
+  std::vector<int64_t> first(E, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    if (!count[e]) continue;
+    first[e] = start.back();
+    active.push_back(e);
+    start.push_back(start.back() + count[e]);
+  }
+  const int64_t slots = start.back(), A = static_cast<int64_t>(active.size());
+  std::vector<int64_t> slot_token(slots), slot_rank(slots);
+  std::vector<float> slot_weight(slots);
+  std::vector<float> xin(slots * H);  // each slot's row of x, laid out for the product
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t a = 0; a < top_k; ++a) {
+      const int64_t s = first[chosen[t * top_k + a]]++;
+      slot_token[s] = t;
+      slot_rank[s] = a;
+      slot_weight[s] = gate[t * top_k + a];
+      for (int64_t k = 0; k < H; ++k) xin[s * H + x_slot(k)] = X[t * H + k];
+    }
+  }
+  const bool b1_16 = b1.scalar_type() == torch::kBFloat16, b2_16 = b2.scalar_type() == torch::kBFloat16;
+  const void* B1 = b1.data_ptr();
+  const void* B2 = b2.data_ptr();
+  const uint8_t* W1 = w1_blocks.data_ptr<uint8_t>();
+  const uint8_t* S1 = w1_scales.data_ptr<uint8_t>();
+  const uint8_t* W2 = w2_blocks.data_ptr<uint8_t>();
+  const uint8_t* S2 = w2_scales.data_ptr<uint8_t>();
+  const float lim = static_cast<float>(limit), alf = static_cast<float>(alpha);
+
+  // 2. mlp1 + bias + SwiGLU into act [slots, I]. Work items run expert by expert, 4 weight rows (2
+  // gate/linear pairs) each, so a thread's consecutive items reuse one expert's rows of x from cache.
+  const int64_t tiles1 = (I2 + 3) / 4, tiles2 = (H + 3) / 4;
+  std::vector<float> act(slots * I);
+  at::parallel_for(0, A * tiles1, 16, [&](int64_t w0, int64_t w1) {
+    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, H));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t k = w / tiles1, o0 = w % tiles1 * 4, R = std::min<int64_t>(4, I2 - o0);
+      const int64_t e = active[k], m = start[k + 1] - start[k];
+      rows_product(W1 + e * I2 * G1 * 16, S1 + e * I2 * G1, o0, R, G1, xin.data() + start[k] * H, m,
+                   tile.data(), scratch.data());
+      for (int64_t j = 0; j < m; ++j) {
+        for (int64_t r = 0; r < R; r += 2) {
+          float glu = tile[j * R + r] + element(B1, b1_16, e * I2 + o0 + r);
+          float lin = tile[j * R + r + 1] + element(B1, b1_16, e * I2 + o0 + r + 1);
+          glu = std::min(glu, lim);
+          lin = std::min(std::max(lin, -lim), lim);
+          act[(start[k] + j) * I + x_slot((o0 + r) / 2)] = glu / (1.0f + std::exp(-alf * glu)) * (lin + 1.0f);
+        }
+      }
+    }
+  });
+
+  // 3. mlp2 + bias into y [slots, H], again expert by expert.
+  std::vector<float> y(slots * H);
+  at::parallel_for(0, A * tiles2, 16, [&](int64_t w0, int64_t w1) {
+    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, I));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t k = w / tiles2, o0 = w % tiles2 * 4, R = std::min<int64_t>(4, H - o0);
+      const int64_t e = active[k], m = start[k + 1] - start[k];
+      rows_product(W2 + e * H * G2 * 16, S2 + e * H * G2, o0, R, G2, act.data() + start[k] * I, m,
+                   tile.data(), scratch.data());
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t r = 0; r < R; ++r)
+          y[(start[k] + j) * H + o0 + r] = tile[j * R + r] + element(B2, b2_16, e * H + o0 + r);
+    }
+  });
+
+  // 4. Each token's weighted sum over its experts.
+  std::vector<int64_t> slot_of(n * top_k);
+  for (int64_t s = 0; s < slots; ++s) slot_of[slot_token[s] * top_k + slot_rank[s]] = s;
+  at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* out_row = Y + t * H;
+      for (int64_t a = 0; a < top_k; ++a) {
+        const int64_t s = slot_of[t * top_k + a];
+        const float wgt = slot_weight[s];
+        const float* yr = y.data() + s * H;
+#pragma omp simd
+        for (int64_t c = 0; c < H; ++c) out_row[c] += wgt * yr[c];
+      }
+    }
+  });
+  return out;
+}
 
 torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales,
                            c10::optional<torch::Tensor> bias) {
@@ -415,10 +727,110 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor weight, c10::optional<t
   return out;
 }
 
+// Attention of a step's query rows over keys gathered from a paged pool, with learned sinks and an optional
+// sliding window: every sequence and kv head in one parallel region, keys read straight from their pool
+// slots (no gathered copy). Sequence b owns query rows [row_start[b], row_start[b+1]) and candidate keys
+// key_slots/key_pos[key_start[b] : key_start[b+1]]; query row t sees key j iff key_pos[j] <= q_pos[t] and
+// q_pos[t] - key_pos[j] < window (window 0: no window). Reference: ossai.model.layers.attention.
+torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_pool, torch::Tensor v_pool, torch::Tensor sinks,
+                              torch::Tensor q_pos, torch::Tensor row_start, torch::Tensor key_slots,
+                              torch::Tensor key_pos, torch::Tensor key_start, int64_t window, double sm_scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32, "q must be float32 [N, heads, D]");
+  TORCH_CHECK(k_pool.dim() == 3 && k_pool.scalar_type() == torch::kFloat32 && k_pool.is_contiguous() &&
+                  v_pool.sizes() == k_pool.sizes() && v_pool.scalar_type() == torch::kFloat32 &&
+                  v_pool.is_contiguous(),
+              "k_pool and v_pool must be contiguous float32 [slots, kv_heads, D]");
+  const int64_t N = q.size(0), Hq = q.size(1), D = q.size(2), K = k_pool.size(1), slots = k_pool.size(0);
+  TORCH_CHECK(k_pool.size(2) == D && Hq % K == 0, "q and the pools disagree on heads or head dim");
+  TORCH_CHECK(sinks.numel() == Hq, "sinks must have one value per query head");
+  for (auto* t : {&q_pos, &row_start, &key_slots, &key_pos, &key_start})
+    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous() && t->dim() == 1,
+                "positions, slots and offsets must be contiguous int64 vectors");
+  const int64_t B = row_start.numel() - 1;
+  TORCH_CHECK(B >= 0 && key_start.numel() == B + 1 && q_pos.numel() == N, "offsets do not match");
+  const int64_t* rs = row_start.data_ptr<int64_t>();
+  const int64_t* ks = key_start.data_ptr<int64_t>();
+  const int64_t* slot = key_slots.data_ptr<int64_t>();
+  const int64_t* kpos = key_pos.data_ptr<int64_t>();
+  const int64_t* qpos = q_pos.data_ptr<int64_t>();
+  TORCH_CHECK(rs[0] == 0 && rs[B] == N && ks[0] == 0 && ks[B] == key_slots.numel() &&
+                  key_pos.numel() == key_slots.numel(), "offsets do not match");
+  for (int64_t j = 0; j < key_slots.numel(); ++j)
+    TORCH_CHECK(slot[j] >= 0 && slot[j] < slots, "key slot ", slot[j], " is outside the pool");
+  std::vector<int64_t> seq_of_row(N);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(rs[b] <= rs[b + 1] && ks[b] <= ks[b + 1], "offsets must not decrease");
+    for (int64_t t = rs[b]; t < rs[b + 1]; ++t) seq_of_row[t] = b;
+  }
+  auto qc = q.contiguous();
+  const torch::Tensor sk = sinks.to(torch::kFloat32).contiguous();
+  auto out = torch::empty({N, Hq * D}, q.options());
+  const float* Q = qc.data_ptr<float>();
+  const float* Kp = k_pool.data_ptr<float>();
+  const float* Vp = v_pool.data_ptr<float>();
+  const float* S = sk.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  const int64_t G = Hq / K;
+  const float scale = static_cast<float>(sm_scale);
+
+  at::parallel_for(0, N * K, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<float> scores, acc(G * D);
+    std::vector<int64_t> visible;
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t t = w / K, h = w % K, b = seq_of_row[t], p = qpos[t];
+      visible.clear();
+      for (int64_t j = ks[b]; j < ks[b + 1]; ++j)
+        if (kpos[j] <= p && (window <= 0 || p - kpos[j] < window)) visible.push_back(slot[j]);
+      const int64_t n = static_cast<int64_t>(visible.size());
+      scores.resize(G * n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* kr = Kp + (visible[i] * K + h) * D;
+        for (int64_t g = 0; g < G; ++g) {
+          const float* qr = Q + (t * Hq + h * G + g) * D;
+          float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+          for (int64_t c = 0; c < D; ++c) d += qr[c] * kr[c];
+          scores[g * n + i] = d * scale;
+        }
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t g = 0; g < G; ++g) {  // softmax over the visible keys and the sink, which has no value
+        float* sg = scores.data() + g * n;
+        const float sink = S[h * G + g];
+        float m = sink;
+        for (int64_t i = 0; i < n; ++i) m = std::max(m, sg[i]);
+        float total = std::exp(sink - m);
+        for (int64_t i = 0; i < n; ++i) {
+          sg[i] = std::exp(sg[i] - m);
+          total += sg[i];
+        }
+        const float inv = 1.0f / total;
+        float* ag = acc.data() + g * D;
+        for (int64_t i = 0; i < n; ++i) {
+          const float pi = sg[i] * inv;
+          const float* vr = Vp + (visible[i] * K + h) * D;
+#pragma omp simd
+          for (int64_t c = 0; c < D; ++c) ag[c] += pi * vr[c];
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) std::copy_n(acc.data() + g * D, D, O + t * Hq * D + (h * G + g) * D);
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // the GIL is released: the server's event loop keeps serving while a step runs
   m.def("bf16_linear", &bf16_linear, "y = x @ W^T + b for bf16 W, fp32 x (fp32 accumulation)", py::arg("x"),
         py::arg("weight"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("mxfp4_linear", &mxfp4_linear, "y = x @ dequant(mxfp4 W)^T + b, fused (fp32)", py::arg("x"),
         py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
+  m.def("moe", &moe, "the mixture-of-experts block (router, experts, SwiGLU, weighted sum) without norm or residual",
+        py::arg("x"), py::arg("gate_weight"), py::arg("gate_bias"), py::arg("top_k"), py::arg("w1_blocks"),
+        py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
+        py::arg("limit"), py::arg("alpha"), py::call_guard<py::gil_scoped_release>());
+  m.def("paged_attention", &paged_attention, "attention with sinks and a sliding window over a paged KV pool",
+        py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("sinks"), py::arg("q_pos"),
+        py::arg("row_start"), py::arg("key_slots"), py::arg("key_pos"), py::arg("key_start"), py::arg("window"),
+        py::arg("sm_scale"), py::call_guard<py::gil_scoped_release>());
 }
