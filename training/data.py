@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
@@ -469,6 +469,20 @@ COMMON_WORDS = [
     "fahrenheit",
     "degrees",
 ]
+
+
+def number_tokens(ids: Iterable[int]) -> dict[int, int]:
+    """{token id: value} for the ids that spell an integer (o200k: 1-3 digits each, "007" included)."""
+    enc = load_encoding()
+    out = {}
+    for i in ids:
+        try:
+            text = enc.decode([i])
+        except Exception:  # special and reserved ids do not decode as text
+            continue
+        if text.isascii() and text.isdigit():
+            out[i] = int(text)
+    return out
 
 
 def vocabulary(seed: int, n: int, *, max_tokens: int = MAX_TOKENS) -> set[int]:

@@ -257,12 +257,32 @@ class Block(nn.Module):
         self.mlp = MoE(config)
 
 
+NUMBER_DIMS = 7  # cos/sin on three circles + magnitude
+
+
+def number_code(values: torch.Tensor) -> torch.Tensor:
+    """[n] integers 0..999 -> [n, NUMBER_DIMS]: (cos, sin) of 2 pi v / T for T = 10, 100, 1000; v/500 - 1."""
+    parts = []
+    for period in (10, 100, 1000):
+        angle = 2 * math.pi * values / period
+        parts += [angle.cos(), angle.sin()]
+    return torch.stack([*parts, values / 500 - 1], dim=1)
+
+
 class TrainModel(nn.Module):
     """gpt-oss with embedding/unembedding rows for `vocab` only. Parameter names mirror the original
     layout's tensor names (`block.N.attn.qkv_weight` <-> `block.N.attn.qkv.weight`)."""
 
-    def __init__(self, config: ModelConfig, vocab: Sequence[int], max_positions: int = 4096, seed: int = 0):
+    def __init__(
+        self,
+        config: ModelConfig,
+        vocab: Sequence[int],
+        max_positions: int = 4096,
+        seed: int = 0,
+        numbers: dict[int, int] | None = None,
+    ):
         super().__init__()
+        self.numbers = numbers or {}  # global id -> the integer the token spells, for `number_features`
         ids = sorted(set(vocab))
         if not ids or ids[0] < 0 or ids[-1] >= config.vocab_size:
             raise ValueError(f"vocab ids must lie in [0, {config.vocab_size})")
@@ -304,11 +324,33 @@ class TrainModel(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=g))
             elif name == "unembedding":
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                if self.numbers:
+                    self._number_features(g)
             else:
                 std = 1.0 / math.sqrt(p.shape[-1])
                 if name.endswith(("out_weight", "mlp2_weight")):
                     std /= math.sqrt(2 * layers)
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    @torch.no_grad()
+    def _number_features(self, g: torch.Generator) -> None:
+        """Write each number token's value into the first dims of its embedding and unembedding row.
+
+        o200k spells every integer as pieces of 1-3 digits, each its own token, so "13" and "14" start
+        as unrelated random rows: the model must learn each number's meaning, and to copy each one, from
+        the few samples that show it. The value's phase on circles of period 10, 100 and 1000 (one per
+        digit) plus a magnitude dim gives every number row the same code in both matrices, so copying a
+        number is one shared linear map and sums are rotations; the remaining dims stay random. Other
+        rows are zero in these dims, which keeps the subspace for numbers. Only the start differs: the
+        network and the checkpoint are the usual ones."""
+        rows = [(int(self.local_id[i]), v) for i, v in self.numbers.items() if self.local_id[i] >= 0]
+        if not rows or self.config.hidden_size < NUMBER_DIMS:
+            return
+        index = torch.tensor([r for r, _ in rows])
+        code = number_code(torch.tensor([v for _, v in rows], dtype=torch.float32))
+        for p, scale in ((self.embedding, 2.0), (self.unembedding, 0.5)):
+            p[:, :NUMBER_DIMS] = 0.0
+            p[index, :NUMBER_DIMS] = scale * code
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """Global token ids -> row indices; raises on ids outside the vocabulary."""

@@ -286,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25, help="steps between log lines")
     p.add_argument("--save-minutes", type=float, default=5.0, help="minutes between state checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from DIR/training/state.pt if present")
+    p.add_argument("--number-init", action="store_true",
+                   help="number tokens' rows start with their digits (TrainModel.numbers)")  # fmt: skip
     p.add_argument("--data", choices=("generator", "standin"), default="generator",
                    help="training.data (default) or the built-in stand-in tasks")  # fmt: skip
     args = p.parse_args(argv)
@@ -309,7 +311,14 @@ class Run:
         self.dir = args.out / "training"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.vocab = sorted(vocab)
-        self.model = TrainModel(config, self.vocab, max_positions=args.max_len, seed=args.seed)
+        numbers = None
+        if args.number_init:
+            from training.data import number_tokens
+
+            numbers = number_tokens(self.vocab)
+        self.model = TrainModel(
+            config, self.vocab, max_positions=args.max_len, seed=args.seed, numbers=numbers
+        )
         self.opt = make_optimizer(self.model, args.lr, args.weight_decay)
         self.categories: list[str] = []
         rows = args.batch_tokens // args.max_len

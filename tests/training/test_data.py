@@ -207,3 +207,13 @@ def test_evaluate_runs_end_to_end(tiny: Path) -> None:
         assert key in report
     assert report["n"] == dict.fromkeys(evaluation.CATEGORIES, 2)
     assert 0.0 <= report["harmony_valid"] <= 1.0 and report["machine"]["cores"]
+
+
+def test_number_tokens_are_the_digit_pieces() -> None:
+    enc = load_encoding()
+    ids = {t for text in ("x = 13000 - 007, 144", "hello 5") for t in enc.encode(text)}
+    numbers = data.number_tokens(ids)
+    assert {enc.decode([t]): v for t, v in numbers.items()} == {
+        "130": 130, "00": 0, "007": 7, "144": 144, "5": 5,
+    }  # fmt: skip
+    assert data.number_tokens([START, END]) == {}

@@ -21,7 +21,16 @@ from ossai.engine import Engine
 from ossai.model import mxfp4
 from training import train
 from training.export import export, exported_logits
-from training.model import DEMO_CONFIG, TrainModel, fake_quant, mxfp4_pack, mxfp4_value, quantize
+from training.model import (
+    DEMO_CONFIG,
+    NUMBER_DIMS,
+    TrainModel,
+    fake_quant,
+    mxfp4_pack,
+    mxfp4_value,
+    number_code,
+    quantize,
+)
 
 TINY = ModelConfig(
     num_hidden_layers=4, num_experts=4, experts_per_token=2, vocab_size=201088, hidden_size=64,
@@ -214,3 +223,21 @@ def test_resume_after_a_crash_gives_the_same_model(tmp_path: Path, monkeypatch: 
     assert straight == resumed
     log = (tmp_path / "crashed" / "training" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]  # steps 1-2, crash, resumed at 2
+
+
+def test_number_rows_start_with_their_digits_and_copying_is_linear():
+    """Number tokens share one code in both matrices: the embedding of 13 decodes (through the
+    unembedding's code dims alone) to 13, and not to its neighbours; other rows are zero there."""
+    numbers = {1000 + v: v for v in range(0, 300)}  # stand-in ids for the 300 numbers
+    model = TrainModel(TINY, VOCAB, seed=0, numbers=numbers)
+    rows = model.local(torch.tensor(sorted(numbers)))
+    code_in = model.embedding.detach()[rows, :NUMBER_DIMS]
+    code_out = model.unembedding.detach()[rows, :NUMBER_DIMS]
+    assert torch.allclose(code_in, 2.0 * number_code(torch.arange(300.0)))
+    scores = code_in[:, :6] @ code_out[:, :6].T  # the phase dims: cosine similarity of the digits
+    assert (scores.argmax(dim=1) == torch.arange(300)).all()
+    others = model.local(torch.tensor([v for v in VOCAB if v not in numbers]))
+    assert (model.embedding.detach()[others, :NUMBER_DIMS] == 0).all()
+    plain = TrainModel(TINY, VOCAB, seed=0)
+    assert not torch.equal(plain.embedding.detach()[rows, :NUMBER_DIMS], code_in)
+    assert torch.equal(plain.embedding.detach()[:, NUMBER_DIMS:], model.embedding.detach()[:, NUMBER_DIMS:])
