@@ -406,6 +406,27 @@ inline int64_t scratch_floats(int64_t n, int64_t K) {
 #endif
 }
 
+// f(k, e, o0, R, m, tile) for every tile of 4 weight rows (R at the end) of every active expert
+// e = active[k], whose m = start[k+1] - start[k] rows of x (laid out by x_slot, K = G * 32 columns) begin at
+// X + start[k] * K; tile [m, R] holds their products. Work items run expert by expert, so a thread's
+// consecutive items reuse one expert's rows of x from cache. W, S: all experts' [E, rows, G, 16] / [E, rows, G].
+template <typename F>
+void expert_tiles(int64_t rows, int64_t G, const uint8_t* W, const uint8_t* S, const float* X,
+                  const std::vector<int64_t>& active, const std::vector<int64_t>& start, F&& f) {
+  const int64_t tiles = (rows + 3) / 4, K = G * 32, slots = start.back();
+  const int64_t A = static_cast<int64_t>(active.size());
+  at::parallel_for(0, A * tiles, 16, [&](int64_t w0, int64_t w1) {
+    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, K));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t k = w / tiles, o0 = w % tiles * 4, R = std::min<int64_t>(4, rows - o0);
+      const int64_t e = active[k], m = start[k + 1] - start[k];
+      rows_product(W + e * rows * G * 16, S + e * rows * G, o0, R, G, X + start[k] * K, m, tile.data(),
+                   scratch.data());
+      f(k, e, o0, R, m, tile.data());
+    }
+  });
+}
+
 // Element i of a bf16 or fp32 tensor's data, as float.
 inline float element(const void* data, bool bf16, int64_t i) {
   if (!bf16) return static_cast<const float*>(data)[i];
@@ -510,7 +531,7 @@ torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate
     active.push_back(e);
     start.push_back(start.back() + count[e]);
   }
-  const int64_t slots = start.back(), A = static_cast<int64_t>(active.size());
+  const int64_t slots = start.back();
   std::vector<int64_t> slot_token(slots), slot_rank(slots);
   std::vector<float> slot_weight(slots);
   std::vector<float> xin(slots * H);  // each slot's row of x, laid out for the product
@@ -532,42 +553,28 @@ torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate
   const uint8_t* S2 = w2_scales.data_ptr<uint8_t>();
   const float lim = static_cast<float>(limit), alf = static_cast<float>(alpha);
 
-  // 2. mlp1 + bias + SwiGLU into act [slots, I]. Work items run expert by expert, 4 weight rows (2
-  // gate/linear pairs) each, so a thread's consecutive items reuse one expert's rows of x from cache.
-  const int64_t tiles1 = (I2 + 3) / 4, tiles2 = (H + 3) / 4;
+  // 2. mlp1 + bias + SwiGLU into act [slots, I], 4 weight rows (2 gate/linear pairs) per work item.
   std::vector<float> act(slots * I);
-  at::parallel_for(0, A * tiles1, 16, [&](int64_t w0, int64_t w1) {
-    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, H));
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t k = w / tiles1, o0 = w % tiles1 * 4, R = std::min<int64_t>(4, I2 - o0);
-      const int64_t e = active[k], m = start[k + 1] - start[k];
-      rows_product(W1 + e * I2 * G1 * 16, S1 + e * I2 * G1, o0, R, G1, xin.data() + start[k] * H, m,
-                   tile.data(), scratch.data());
-      for (int64_t j = 0; j < m; ++j) {
-        for (int64_t r = 0; r < R; r += 2) {
-          float glu = tile[j * R + r] + element(B1, b1_16, e * I2 + o0 + r);
-          float lin = tile[j * R + r + 1] + element(B1, b1_16, e * I2 + o0 + r + 1);
-          glu = std::min(glu, lim);
-          lin = std::min(std::max(lin, -lim), lim);
-          act[(start[k] + j) * I + x_slot((o0 + r) / 2)] = glu / (1.0f + std::exp(-alf * glu)) * (lin + 1.0f);
-        }
+  expert_tiles(I2, G1, W1, S1, xin.data(), active, start, [&](int64_t k, int64_t e, int64_t o0, int64_t R,
+                                                              int64_t m, const float* tile) {
+    for (int64_t j = 0; j < m; ++j) {
+      for (int64_t r = 0; r < R; r += 2) {
+        float glu = tile[j * R + r] + element(B1, b1_16, e * I2 + o0 + r);
+        float lin = tile[j * R + r + 1] + element(B1, b1_16, e * I2 + o0 + r + 1);
+        glu = std::min(glu, lim);
+        lin = std::min(std::max(lin, -lim), lim);
+        act[(start[k] + j) * I + x_slot((o0 + r) / 2)] = glu / (1.0f + std::exp(-alf * glu)) * (lin + 1.0f);
       }
     }
   });
 
-  // 3. mlp2 + bias into y [slots, H], again expert by expert.
+  // 3. mlp2 + bias into y [slots, H].
   std::vector<float> y(slots * H);
-  at::parallel_for(0, A * tiles2, 16, [&](int64_t w0, int64_t w1) {
-    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, I));
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t k = w / tiles2, o0 = w % tiles2 * 4, R = std::min<int64_t>(4, H - o0);
-      const int64_t e = active[k], m = start[k + 1] - start[k];
-      rows_product(W2 + e * H * G2 * 16, S2 + e * H * G2, o0, R, G2, act.data() + start[k] * I, m,
-                   tile.data(), scratch.data());
-      for (int64_t j = 0; j < m; ++j)
-        for (int64_t r = 0; r < R; ++r)
-          y[(start[k] + j) * H + o0 + r] = tile[j * R + r] + element(B2, b2_16, e * H + o0 + r);
-    }
+  expert_tiles(H, G2, W2, S2, act.data(), active, start, [&](int64_t k, int64_t e, int64_t o0, int64_t R,
+                                                             int64_t m, const float* tile) {
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t r = 0; r < R; ++r)
+        y[(start[k] + j) * H + o0 + r] = tile[j * R + r] + element(B2, b2_16, e * H + o0 + r);
   });
 
   // 4. Each token's weighted sum over its experts.
