@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,11 +48,11 @@ class BatchMeta:
     write_slots: list[torch.Tensor]  # per group: [N] pool slot of each new token
     read_slots: list[list[torch.Tensor]]  # per group, per sequence: [S] slots of the visible keys
     read_pos: list[list[torch.Tensor]]  # per group, per sequence: [S] their positions
-    # the same for the fused kernel: all sequences' rows and keys in flat vectors with offsets
-    row_start: torch.Tensor  # [B+1]
-    key_slots: list[torch.Tensor]  # per group: [sum S]
-    key_pos: list[torch.Tensor]
-    key_start: list[torch.Tensor]  # per group: [B+1]
+    # the same for the attention kernel (empty without one): all sequences' rows and keys in flat vectors
+    row_start: torch.Tensor | None = None  # [B+1]
+    key_slots: list[torch.Tensor] = field(default_factory=list)  # per group: [sum S]
+    key_pos: list[torch.Tensor] = field(default_factory=list)
+    key_start: list[torch.Tensor] = field(default_factory=list)  # per group: [B+1]
 
     def attend(self, layer, q, k, v, positions, window, sinks, sm_scale) -> torch.Tensor:
         """Store this step's keys/values for `layer`, then attend each sequence over its cached keys."""
@@ -61,7 +61,7 @@ class BatchMeta:
         k_pool[self.write_slots[group]] = k.to(k_pool.dtype)
         v_pool[self.write_slots[group]] = v.to(v_pool.dtype)
         kernel = self.runner.attention_kernel
-        if kernel is not None and q.dtype == k_pool.dtype == torch.float32:
+        if kernel is not None and self.row_start is not None and q.dtype == k_pool.dtype == torch.float32:
             return kernel(
                 q, k_pool, v_pool, sinks, positions, self.row_start, self.key_slots[group],
                 self.key_pos[group], self.key_start[group], window or 0, sm_scale,
@@ -162,19 +162,18 @@ class Runner:
                 writes[g].append(self._slots(table, start, end))
                 reads[g].append(self._slots(table, first_visible[g], end).to(self.device))
                 read_pos[g].append(torch.arange(first_visible[g], end, device=self.device))
-        starts = [0, *itertools.accumulate(s.stop - s.start for s in segments)]
-        key_starts = [[0, *itertools.accumulate(len(r) for r in group)] for group in reads]
         meta = BatchMeta(
             runner=self,
             segments=segments,
             write_slots=[torch.cat(w).to(self.device) for w in writes],
             read_slots=reads,
             read_pos=read_pos,
-            row_start=torch.tensor(starts, device=self.device),
-            key_slots=[torch.cat(r) for r in reads],
-            key_pos=[torch.cat(p) for p in read_pos],
-            key_start=[torch.tensor(k, device=self.device) for k in key_starts],
         )
+        if self.attention_kernel is not None:
+            meta.row_start = torch.tensor([0, *itertools.accumulate(s.stop - s.start for s in segments)])
+            meta.key_slots = [torch.cat(r) for r in reads]
+            meta.key_pos = [torch.cat(p) for p in read_pos]
+            meta.key_start = [torch.tensor([0, *itertools.accumulate(len(r) for r in g)]) for g in reads]
         return torch.tensor(tokens, device=self.device), torch.cat(positions).to(self.device), meta
 
     @torch.inference_mode()

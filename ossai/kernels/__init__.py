@@ -52,9 +52,12 @@ def consecutive_rows(*parts: torch.Tensor) -> torch.Tensor | None:
     """One view over tensors that are consecutive rows of one storage (q, k, v sliced from the original
     layout's qkv), or None when they are not."""
     first = parts[0]
+    storage = first.untyped_storage().data_ptr()
     end = first.data_ptr()
     for p in parts:
         if not p.is_contiguous() or p.dtype != first.dtype or p.shape[1:] != first.shape[1:]:
+            return None
+        if p.untyped_storage().data_ptr() != storage:  # adjacent by chance, not one tensor
             return None
         if p.data_ptr() != end:
             return None

@@ -225,3 +225,10 @@ def test_consecutive_rows_joins_adjacent_slices_only():
     assert torch.equal(kernels_pkg.consecutive_rows(bias[:6], bias[6:8], bias[8:]), bias)
     assert kernels_pkg.consecutive_rows(q, v, k) is None  # out of order
     assert kernels_pkg.consecutive_rows(q, k.clone(), v) is None  # separate tensors (the HF layout)
+    buffer = bytearray(80)  # three tensors over one buffer: back to back, but each its own storage
+    rows = [(6, 0), (2, 48), (2, 64)]
+    apart = [
+        torch.frombuffer(buffer, dtype=torch.bfloat16, count=4 * n, offset=at).view(n, 4) for n, at in rows
+    ]
+    assert apart[1].data_ptr() == apart[0].data_ptr() + 48
+    assert kernels_pkg.consecutive_rows(*apart) is None

@@ -764,11 +764,11 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_pool, torch::Tens
                   key_pos.numel() == key_slots.numel(), "offsets do not match");
   for (int64_t j = 0; j < key_slots.numel(); ++j)
     TORCH_CHECK(slot[j] >= 0 && slot[j] < slots, "key slot ", slot[j], " is outside the pool");
-  std::vector<int64_t> seq_of_row(N);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(rs[b] <= rs[b + 1] && ks[b] <= ks[b + 1], "offsets must not decrease");
+  std::vector<int64_t> seq_of_row(N);
+  for (int64_t b = 0; b < B; ++b)
     for (int64_t t = rs[b]; t < rs[b + 1]; ++t) seq_of_row[t] = b;
-  }
   auto qc = q.contiguous();
   const torch::Tensor sk = sinks.to(torch::kFloat32).contiguous();
   auto out = torch::empty({N, Hq * D}, q.options());
