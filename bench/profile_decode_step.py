@@ -23,9 +23,11 @@ import pstats
 import threading
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import torch
 
+from ossai import kernels
 from ossai.engine import Engine, EngineConfig, Request, SamplingParams
 from ossai.engine.scheduler import Scheduled
 from ossai.engine.sequence import Sequence
@@ -49,26 +51,10 @@ def timed_kernels(engine: Engine) -> dict[str, float]:
     module = cpu.load()
     if module is None:
         return totals
-    model, runner = engine.model, engine.runner
-    # the model holds closures over the module's functions: re-run the swap with timed ones
-    originals = {n: getattr(module, n) for n in ("bf16_linear", "mxfp4_linear", "moe", "paged_attention")}
-
-    class Timed:
-        pass
-
-    timed_module = Timed()
-    for name, fn in originals.items():
-        setattr(timed_module, name, wrap(name, fn))
-    from ossai import kernels
-
-    dense = kernels._decode_dense(timed_module.bf16_linear)
-    mix = kernels._fused_moe(timed_module.moe)
-    experts = kernels._fused_mxfp4(timed_module.mxfp4_linear)
-    for mlp in model.mlp:
-        mlp.dense, mlp.mix, mlp.mxfp4_linear = dense, mix, experts
-    for attn in model.attn:
-        attn.dense = dense
-    model.dense = dense
+    names = ("bf16_linear", "mxfp4_linear", "moe", "paged_attention")
+    timed_module = SimpleNamespace(**{n: wrap(n, getattr(module, n)) for n in names})
+    kernels.install_cpu(engine.model, timed_module)  # the model holds closures: swap again, timed
+    runner = engine.runner
     if runner.attention_kernel is not None:
         runner.attention_kernel = timed_module.paged_attention
     return totals
@@ -104,19 +90,19 @@ def runner_split(engine: Engine, streams: int, context: int, steps: int, profile
     step()  # warm: every selected expert's pages in, buffers allocated
     totals = timed_kernels(engine)
     wall = sum(step() for _ in range(steps))
-    kernels = dict(totals)
+    per_kernel = dict(totals)
     if profile:
         prof = cProfile.Profile()
         prof.enable()
         step()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
-    in_kernels = sum(kernels.values())
+    in_kernels = sum(per_kernel.values())
     for seq in seqs:
         runner.blocks.free(seq.tables)
     return {
         "step_ms": round(1e3 * wall / steps, 2),
-        "kernels_ms": {k: round(1e3 * v / steps, 2) for k, v in sorted(kernels.items())},
+        "kernels_ms": {k: round(1e3 * v / steps, 2) for k, v in sorted(per_kernel.items())},
         "in_kernels_ms": round(1e3 * in_kernels / steps, 2),
         "glue_ms": round(1e3 * (wall - in_kernels) / steps, 2),
         "glue_fraction": round((wall - in_kernels) / wall, 4),

@@ -28,24 +28,30 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
 
         module = cpu.load()
         if module is not None:
-            dense = _decode_dense(module.bf16_linear)
-            experts = _fused_mxfp4(module.mxfp4_linear)
-            mix = _fused_moe(module.moe)
-            for mlp in model.mlp:
-                mlp.mxfp4_linear = experts
-                mlp.dense = dense
-                mlp.mix = mix
-            for attn in model.attn:
-                attn.dense = dense
-                weight = consecutive_rows(attn.q_weight, attn.k_weight, attn.v_weight)
-                bias = consecutive_rows(attn.q_bias, attn.k_bias, attn.v_bias)
-                if weight is not None and bias is not None:
-                    attn.qkv = weight, bias
-            model.dense = dense
+            install_cpu(model, module)
             swapped += ["cpu.moe", "cpu.mxfp4_linear", "cpu.bf16_linear"]
     if swapped:
         log.info("kernels: %s", ", ".join(swapped))
     return swapped
+
+
+def install_cpu(model: Transformer, module) -> None:
+    """Point the model's ops at `module`'s kernels (the extension, or a stand-in with the same functions,
+    as the step profiler's timed wrappers)."""
+    dense = _decode_dense(module.bf16_linear)
+    experts = _fused_mxfp4(module.mxfp4_linear)
+    mix = _fused_moe(module.moe)
+    for mlp in model.mlp:
+        mlp.mxfp4_linear = experts
+        mlp.dense = dense
+        mlp.mix = mix
+    for attn in model.attn:
+        attn.dense = dense
+        weight = consecutive_rows(attn.q_weight, attn.k_weight, attn.v_weight)
+        bias = consecutive_rows(attn.q_bias, attn.k_bias, attn.v_bias)
+        if weight is not None and bias is not None:
+            attn.qkv = weight, bias
+    model.dense = dense
 
 
 def consecutive_rows(*parts: torch.Tensor) -> torch.Tensor | None:
