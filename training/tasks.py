@@ -413,33 +413,32 @@ OPS = {
 }
 
 
+def _count_chain(a: int, b: int, op: str) -> str:
+    """`a op b` as a chain where every step moves a ten or a one from the right operand onto the left:
+    "14 + 7 = 15 + 6 = ... = 20 + 1 = 21". A tiny model cannot recall 441 sums as facts, but each step
+    here is a successor, a predecessor or a copy, which the number-aware embedding makes one linear map."""
+    parts = [f"{a} {op} {b}"]
+    sign = 1 if op == "+" else -1
+    if b == 0:
+        parts.append(str(a))
+    while b:
+        move = 10 if b >= 10 else 1
+        a, b = a + sign * move, b - move
+        parts.append(f"{a} {op} {b}" if b else str(a))
+    return " = ".join(parts)
+
+
 def _add_steps(a: int, b: int) -> str:
-    big, small = max(a, b), min(a, b)
-    if small >= 10:
-        tens, ones = small - small % 10, small % 10
-        mid = big + tens
-        return f"Split {small} into {tens} and {ones}: {big} + {tens} = {mid}, then {mid} + {ones} = {a + b}"
-    if small == 0:
-        return f"Adding 0 changes nothing, so it stays {big}"
-    to_ten = (10 - big % 10) % 10
-    if 0 < to_ten < small:
-        mid = big + to_ten
-        return f"{big} + {to_ten} = {mid}, and {small - to_ten} more gives {a + b}"
-    return f"Count up {small} from {big}: {big} + {small} = {a + b}"
+    if a >= b:
+        return _count_chain(a, b, "+")
+    return f"{a} + {b} = " + _count_chain(b, a, "+")  # count from the bigger: fewer steps
 
 
 def _sub_steps(a: int, b: int) -> str:
     if b > a:
-        return (
-            f"{b} is bigger than {a}, so the result is negative: {b} - {a} = {b - a}, so {a} - {b} = {a - b}"
-        )
-    if b >= 10:
-        tens, ones = b - b % 10, b % 10
-        mid = a - tens
-        return f"Split {b} into {tens} and {ones}: {a} - {tens} = {mid}, then {mid} - {ones} = {a - b}"
-    if b == 0:
-        return f"Taking away 0 leaves {a}"
-    return f"Count down {b} from {a}: {a} - {b} = {a - b}"
+        chain = _count_chain(b, a, "-")
+        return f"{b} is bigger than {a}, so the result is negative: {chain}, so {a} - {b} = {a - b}"
+    return _count_chain(a, b, "-")
 
 
 def _mul_steps(a: int, b: int) -> str:
@@ -460,13 +459,15 @@ def _mul_steps(a: int, b: int) -> str:
 def _arith_reasoning(ctx: Ctx, op: str, a: int, b: int, r: int) -> str:
     name = {"+": "sum", "-": "difference", "*": "product"}[op]
     steps = {"+": _add_steps, "-": _sub_steps, "*": _mul_steps}[op](a, b)
-    check = {
-        "+": f"Check: {r} - {b} = {a}, which matches.",
-        "-": f"Check: {r} + {b} = {a}, which matches.",
-        "*": f"Check: {r} / {b} = {a}, which matches." if b else f"Check: {a} * 0 is 0 for any {a}.",
-    }[op]
+    if op == "*":
+        check = f"Check: {r} / {b} = {a}, which matches." if b else f"Check: {a} * 0 is 0 for any {a}."
+        low = [f"{a} {op} {b} = {r}.", f"Easy: {a} {op} {b} = {r}."]
+    else:  # the check runs the inverse chain: more steps to learn from, and a real check
+        inverse = _sub_steps(r, b) if op == "+" else _add_steps(r, b) if r >= 0 else None
+        check = f"Check: {inverse}, which matches." if inverse else f"Check: {a} < {b}, so it is negative."
+        low = f"{steps}."
     return ctx.pick(
-        [f"{a} {op} {b} = {r}.", f"Easy: {a} {op} {b} = {r}."],
+        low,
         f"The user wants the {name} of {a} and {b}. {steps}. So the answer is {r}.",
         f"The user asks for the {name} of {a} and {b}. These are small numbers, so I can work it out "
         f"step by step without a tool. {steps}. {check} Let me restate: {a} {op} {b} = {r}. "

@@ -81,7 +81,7 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
 
 @pytest.mark.parametrize(
     ("rows", "out_features", "in_features"),
-    [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880), (9, 301, 40), (2, 5, 8)],
+    [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880), (9, 301, 40), (2, 5, 8), (1, 301, 1000), (1, 21, 40)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):

@@ -217,3 +217,29 @@ def test_number_tokens_are_the_digit_pieces() -> None:
         "130": 130, "00": 0, "007": 7, "144": 144, "5": 5,
     }  # fmt: skip
     assert data.number_tokens([START, END]) == {}
+
+
+@pytest.mark.parametrize("op", ["+", "-"])
+def test_counting_chains_are_right_at_every_step(op: str) -> None:
+    """Every link of a sum's or difference's reasoning chain equals the result, and each moves a ten or
+    a one: what the model learns from must be true at each step, not only at the end."""
+    for a, b in itertools.product(range(tasks.ADD_MAX + 1), repeat=2):
+        text = tasks._add_steps(a, b) if op == "+" else tasks._sub_steps(a, b)
+        result = a + b if op == "+" else a - b
+        chain = text.rsplit(": ", 1)[-1].split(", so ")[0]  # a negative difference counts b - a
+        links = chain.split(" = ")
+        if op == "+" and a < b:  # counts from the bigger operand
+            assert links[1] == f"{b} + {a}", (a, b, text)
+            links = links[1:]
+        value = abs(result) if op == "-" and b > a else result
+        rights = []
+        for link in links:
+            m = re.fullmatch(r"(\d+)(?: ([+-]) (\d+))?", link)
+            assert m, (a, b, text)
+            left, right = int(m[1]), int(m[3] or 0)
+            assert (left - right if m[2] == "-" else left + right) == value, (a, b, text)
+            rights.append(right)
+        assert int(links[-1]) == value and rights[-1] == 0, (a, b, text)
+        moves = [x - y for x, y in itertools.pairwise(rights)]
+        assert moves == [0] if rights[0] == 0 else all(m in (1, 10) for m in moves), (a, b, text)
+        assert text.endswith(f"{a} - {b} = {result}") if op == "-" and b > a else True
