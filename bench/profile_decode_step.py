@@ -12,6 +12,14 @@ model, and the engine's own work per step (scheduling, sampling, queues).
    greedy); the engine's time per step minus its `runner.step` time is the scheduler, sampling and
    stream overhead in Python.
 `--profile` adds cProfile's top functions for one step.
+
+    python bench/profile_decode_step.py CHECKPOINT --against OLD.cpp [--rounds 4] [--streams 1]
+
+A paired comparison for kernel work on a noisy machine: OLD.cpp (another version of
+ossai/kernels/cpu/mxfp4.cpp, e.g. `git show HEAD~1:ossai/kernels/cpu/mxfp4.cpp > /tmp/old.cpp`) is built
+as a second extension and part 1 runs `--rounds` times with each build in turn, in one process on one
+loaded model, so both see the same page cache and the same neighbours. Reports each round and the
+medians.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -34,8 +43,9 @@ from ossai.engine.sequence import Sequence
 from ossai.kernels import cpu
 
 
-def timed_kernels(engine: Engine) -> dict[str, float]:
-    """Wrap every entry point of the loaded extension the model and runner call; returns the totals."""
+def timed_kernels(engine: Engine, module=None) -> dict[str, float]:
+    """Wrap every entry point of the extension (the loaded one unless `module` is given) that the model and
+    runner call, and install the wrappers; returns the totals."""
     totals: dict[str, float] = defaultdict(float)
 
     def wrap(name, fn):
@@ -48,7 +58,7 @@ def timed_kernels(engine: Engine) -> dict[str, float]:
 
         return timed
 
-    module = cpu.load()
+    module = module or cpu.load()
     if module is None:
         return totals
     names = ("bf16_linear", "mxfp4_linear", "moe", "paged_attention")
@@ -60,7 +70,7 @@ def timed_kernels(engine: Engine) -> dict[str, float]:
     return totals
 
 
-def runner_split(engine: Engine, streams: int, context: int, steps: int, profile: bool) -> dict:
+def runner_split(engine: Engine, streams: int, context: int, steps: int, profile: bool, module=None) -> dict:
     runner = engine.runner
     g = torch.Generator().manual_seed(0)
     seqs = []
@@ -88,7 +98,7 @@ def runner_split(engine: Engine, streams: int, context: int, steps: int, profile
         return seconds
 
     step()  # warm: every selected expert's pages in, buffers allocated
-    totals = timed_kernels(engine)
+    totals = timed_kernels(engine, module)
     wall = sum(step() for _ in range(steps))
     per_kernel = dict(totals)
     if profile:
@@ -151,6 +161,44 @@ def engine_split(engine: Engine, streams: int, context: int, tokens: int) -> dic
     }
 
 
+def build_against(source: str):
+    """`source` compiled as a second extension, with the flags of the real one."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(
+        name="ossai_cpu_kernels_against",
+        sources=[source],
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(cpu.build_dir("against")),
+        verbose=False,
+    )
+
+
+def paired(engine: Engine, against, args: argparse.Namespace) -> dict:
+    builds = {"this": cpu.load(required=True), "against": against}
+    rounds: dict[str, list[dict]] = {name: [] for name in builds}
+    for _ in range(args.rounds):
+        for name, module in builds.items():
+            rounds[name].append(runner_split(engine, args.streams, args.context, args.steps, False, module))
+
+    def median(name: str, key) -> float:
+        return round(statistics.median(key(r) for r in rounds[name]), 2)
+
+    kernels_seen = sorted({k for r in rounds["this"] for k in r["kernels_ms"]})
+    summary = {
+        name: {
+            "step_ms": median(name, lambda r: r["step_ms"]),
+            **{k + "_ms": median(name, lambda r, k=k: r["kernels_ms"].get(k, 0.0)) for k in kernels_seen},
+        }
+        for name in builds
+    }
+    summary["step_ratio_this_over_against"] = round(
+        summary["this"]["step_ms"] / summary["against"]["step_ms"], 3
+    )
+    return {"rounds": rounds, "median": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,8 +211,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="tokens per stream in part 2")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--against", metavar="SRC", help="another mxfp4.cpp: paired rounds against it")
+    parser.add_argument("--rounds", type=int, default=4, help="paired rounds with --against")
     args = parser.parse_args()
+    against = build_against(args.against) if args.against else None
     engine = Engine.load(args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024))
+    if against is not None:
+        try:
+            report = {**vars(args), **paired(engine, against, args)}
+        finally:
+            engine.close()
+        print(json.dumps(report if args.json else report["median"], indent=None if args.json else 1))
+        return
     try:
         report = {
             "checkpoint": args.checkpoint,
