@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ossai import kernels
 from ossai.config import SWIGLU_ALPHA
 from ossai.engine import Engine
 from ossai.kernels import cpu
@@ -28,8 +29,11 @@ def ms(fn, reps: int) -> float:
     return (time.perf_counter() - started) / reps * 1e3
 
 
-def attention_case(module, c, seqs: int, rows: int, keys: int, g: torch.Generator) -> tuple[float, float]:
-    """`seqs` sequences of `keys` cached keys, each with `rows` new query rows: (kernel ms, reference ms)."""
+def attention_case(
+    module, c, seqs: int, rows: int, keys: int, g: torch.Generator
+) -> tuple[float, float, float]:
+    """`seqs` sequences of `keys` cached keys, each with `rows` new query rows: (kernel ms, reference ms,
+    prefill path ms; the runner takes the last when every sequence has PREFILL_ROWS rows or more)."""
     kv, groups, d = c.num_key_value_heads, c.num_attention_heads // c.num_key_value_heads, c.head_dim
     k_pool = torch.randn(seqs * keys, kv, d, generator=g)
     v_pool = torch.randn(seqs * keys, kv, d, generator=g)
@@ -53,8 +57,17 @@ def attention_case(module, c, seqs: int, rows: int, keys: int, g: torch.Generato
             parts.append(layers.attention(q[mine], k, v, sinks, q_pos[mine], pos, None, 0.125))
         return parts
 
+    prefill = kernels.prefill_attention(torch.device("cpu"))
+
+    def flash() -> list[torch.Tensor]:
+        return [
+            prefill(q[i * rows : (i + 1) * rows], k_pool[slots[i]], v_pool[slots[i]], sinks,
+                    q_pos[i * rows : (i + 1) * rows], pos, None, 0.125)
+            for i in range(seqs)
+        ]  # fmt: skip
+
     reps = 20 if rows == 1 else 2
-    return ms(kernel, reps), ms(reference, reps)
+    return ms(kernel, reps), ms(reference, reps), ms(flash, reps) if prefill else float("nan")
 
 
 def main() -> None:
@@ -89,8 +102,10 @@ def main() -> None:
         print(f"mxfp4_linear, {rows} rows: kernel {kernel:.1f} ms, dequantize + GEMM {dequant:.1f} ms")
     for label, seqs, rows, keys in (("decode 1 x 576", 1, 1, 576), ("decode 8 x 576", 8, 1, 576),
                                     ("prefill 512", 1, 512, 512)):  # fmt: skip
-        kernel, reference = attention_case(module, engine.config, seqs, rows, keys, g)
-        print(f"attention, {label}: kernel {kernel:.2f} ms, reference {reference:.2f} ms")
+        kernel, reference, flash = attention_case(module, engine.config, seqs, rows, keys, g)
+        print(
+            f"attention, {label}: kernel {kernel:.2f}, reference {reference:.2f}, prefill path {flash:.2f} ms"
+        )
     engine.close()
 
 

@@ -60,6 +60,20 @@ class BatchMeta:
         k_pool, v_pool = self.runner.k_pools[group][index], self.runner.v_pools[group][index]  # [slots, K, D]
         k_pool[self.write_slots[group]] = k.to(k_pool.dtype)
         v_pool[self.write_slots[group]] = v.to(v_pool.dtype)
+        prefill = self.runner.prefill_attention
+        if (
+            prefill is not None
+            and q.dtype == k_pool.dtype == torch.float32
+            and min(s.stop - s.start for s in self.segments) >= kernels.PREFILL_ROWS
+        ):  # every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel
+            out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+            for i, rows in enumerate(self.segments):
+                slots = self.read_slots[group][i]
+                out[rows] = prefill(
+                    q[rows], k_pool[slots], v_pool[slots], sinks, positions[rows],
+                    self.read_pos[group][i], window, sm_scale,
+                )  # fmt: skip
+            return out
         kernel = self.runner.attention_kernel
         if kernel is not None and self.row_start is not None and q.dtype == k_pool.dtype == torch.float32:
             return kernel(
@@ -87,6 +101,7 @@ class Runner:
         self.model = model
         self.device = device
         self.attention_kernel = kernels.paged_attention(device)  # None: the reference, per sequence
+        self.prefill_attention = kernels.prefill_attention(device)
         mc = model.config
         self.block_size = bs = config.block_size
         self.window = mc.sliding_window

@@ -7,7 +7,7 @@ import torch
 
 from ossai import kernels as kernels_pkg
 from ossai.config import SWIGLU_ALPHA, ModelConfig
-from ossai.engine import Engine, SamplingParams
+from ossai.engine import Engine, EngineConfig, SamplingParams
 from ossai.kernels import cpu
 from ossai.model import layers, transformer
 
@@ -55,7 +55,8 @@ def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
 
 def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
     assert cpu.load(required=True) is not None
-    engine = Engine.load(tiny)
+    engine = Engine.load(tiny, config=EngineConfig(prefix_caching=False))  # the reference recomputes all
+    assert engine.runner.attention_kernel is not None and engine.runner.prefill_attention is not None
     experts = engine.model.mlp[0].mxfp4_linear
     assert experts is not transformer.mxfp4_linear and all(
         m.mxfp4_linear is experts for m in engine.model.mlp
@@ -74,6 +75,7 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
         module.dense = layers.linear
     for a in engine.model.attn:
         a.qkv = None
+    engine.runner.attention_kernel = engine.runner.prefill_attention = None  # `layers.attention` per sequence
     reference = list(engine.generate(prompt, params))
     engine.close()
     assert fast == reference
@@ -232,3 +234,27 @@ def test_consecutive_rows_joins_adjacent_slices_only():
     ]
     assert apart[1].data_ptr() == apart[0].data_ptr() + 48
     assert kernels_pkg.consecutive_rows(*apart) is None
+
+
+@pytest.mark.parametrize(
+    ("queries", "prefix", "window"),
+    [(300, 0, None), (300, 0, 128), (33, 0, None), (100, 200, None), (100, 200, 128), (64, 1000, 128)],
+)
+def test_prefill_attention_matches_reference(queries, prefix, window):
+    """Flash-attention with the sink folded in through its log-sum-exp, against `layers.attention`: a fresh
+    prompt, a chunk after a cached prefix, and the sliding window cutting into the prefix."""
+    attend = kernels_pkg.prefill_attention(torch.device("cpu"))
+    assert attend is not None  # torch 2.13 has the op; without it the runner keeps the paged kernel
+    g = torch.Generator().manual_seed(queries + prefix)
+    kv_heads, groups, d = 2, 4, 64
+    first = max(0, prefix - window + 1) if window else 0
+    q_pos = torch.arange(prefix, prefix + queries)
+    k_pos = torch.arange(first, prefix + queries)
+    q = torch.randn(queries, kv_heads * groups, d, generator=g)
+    k = torch.randn(len(k_pos), kv_heads, d, generator=g)
+    v = torch.randn(len(k_pos), kv_heads, d, generator=g)
+    sinks = torch.randn(kv_heads * groups, generator=g)
+    ref = layers.attention(q, k, v, sinks, q_pos, k_pos, window, 0.125)
+    got = attend(q, k, v, sinks, q_pos, k_pos, window, 0.125)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
