@@ -65,6 +65,7 @@ class BatchMeta:
             prefill is not None
             and q.dtype == k_pool.dtype == torch.float32
             and min(s.stop - s.start for s in self.segments) >= kernels.PREFILL_ROWS
+            and max(len(r) for r in self.read_slots[group]) <= kernels.PREFILL_KEYS
         ):  # every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel
             out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
             for i, rows in enumerate(self.segments):

@@ -84,6 +84,8 @@ def paged_attention(device: torch.device):
 
 
 PREFILL_ROWS = 32  # a sequence's rows in a step from which prefill attention goes through blocked GEMMs
+PREFILL_KEYS = 4096  # ...up to this many visible keys: the op wants K/V per query head and a dense float
+#   mask, 2 x 64 MB and 8 MB per layer at 4096 keys and a 512-row chunk; longer contexts keep the kernel
 
 
 def prefill_attention(device: torch.device):
