@@ -216,24 +216,23 @@ def main() -> None:
     args = parser.parse_args()
     against = build_against(args.against) if args.against else None
     engine = Engine.load(args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024))
-    if against is not None:
-        try:
-            report = {**vars(args), **paired(engine, against, args)}
-        finally:
-            engine.close()
-        print(json.dumps(report if args.json else report["median"], indent=None if args.json else 1))
-        return
     try:
-        report = {
-            "checkpoint": args.checkpoint,
-            "streams": args.streams,
-            "context": args.context,
-            "threads": args.threads,
-            "engine": engine_split(engine, args.streams, args.context, args.tokens),
-            "step": runner_split(engine, args.streams, args.context, args.steps, args.profile),
-        }
+        if against is not None:
+            report = {**vars(args), **paired(engine, against, args)}
+        else:
+            report = {
+                "checkpoint": args.checkpoint,
+                "streams": args.streams,
+                "context": args.context,
+                "threads": args.threads,
+                "engine": engine_split(engine, args.streams, args.context, args.tokens),
+                "step": runner_split(engine, args.streams, args.context, args.steps, args.profile),
+            }
     finally:
         engine.close()
+    if against is not None:
+        print(json.dumps(report if args.json else report["median"], indent=None if args.json else 1))
+        return
     if args.json:
         print(json.dumps(report))
         return

@@ -61,39 +61,32 @@ class BatchMeta:
         k_pool[self.write_slots[group]] = k.to(k_pool.dtype)
         v_pool[self.write_slots[group]] = v.to(v_pool.dtype)
         prefill = self.runner.prefill_attention
-        if (
+        # every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel
+        every_prefill = (
             prefill is not None
             and q.dtype == k_pool.dtype == torch.float32
             and min(s.stop - s.start for s in self.segments) >= kernels.PREFILL_ROWS
             and max(len(r) for r in self.read_slots[group]) <= kernels.PREFILL_KEYS
-        ):  # every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel
-            out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
-            for i, rows in enumerate(self.segments):
-                slots = self.read_slots[group][i]
-                out[rows] = prefill(
-                    q[rows], k_pool[slots], v_pool[slots], sinks, positions[rows],
-                    self.read_pos[group][i], window, sm_scale,
-                )  # fmt: skip
-            return out
+        )
         kernel = self.runner.attention_kernel
-        if kernel is not None and self.row_start is not None and q.dtype == k_pool.dtype == torch.float32:
+        if (
+            not every_prefill
+            and kernel is not None
+            and self.row_start is not None
+            and q.dtype == k_pool.dtype == torch.float32
+        ):
             return kernel(
                 q, k_pool, v_pool, sinks, positions, self.row_start, self.key_slots[group],
                 self.key_pos[group], self.key_start[group], window or 0, sm_scale,
             )  # fmt: skip
+        per_sequence = prefill if every_prefill else attention  # the same signature
         out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         for i, rows in enumerate(self.segments):
             slots = self.read_slots[group][i]
-            out[rows] = attention(
-                q[rows],
-                k_pool[slots],
-                v_pool[slots],
-                sinks,
-                positions[rows],
-                self.read_pos[group][i],
-                window,
-                sm_scale,
-            )
+            out[rows] = per_sequence(
+                q[rows], k_pool[slots], v_pool[slots], sinks, positions[rows], self.read_pos[group][i],
+                window, sm_scale,
+            )  # fmt: skip
         return out
 
 

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ossai.config import SWIGLU_ALPHA
-from ossai.model.layers import linear
+from ossai.model.layers import linear, visible_keys
 from ossai.model.transformer import MLPBlock, Transformer, mxfp4_linear
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def prefill_attention(device: torch.device):
 
     def attend(q, k, v, sinks, q_pos, k_pos, window, sm_scale):
         n_heads, groups = q.shape[1], q.shape[1] // k.shape[1]
-        visible = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)  # [T, S]
-        if window:
-            visible &= (q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < window
+        visible = visible_keys(q_pos, k_pos, window)  # [T, S]
         mask = torch.zeros(visible.shape, dtype=q.dtype).masked_fill_(~visible, float("-inf"))
         qh = q.transpose(0, 1).unsqueeze(0)  # [1, H, T, D]
         kh = k.transpose(0, 1).repeat_interleave(groups, 0).unsqueeze(0)  # [1, H, S, D]

@@ -83,6 +83,14 @@ class Rotary:
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def visible_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[T, S] bool: key s is visible to query t iff k_pos[s] <= q_pos[t] and q_pos[t] - k_pos[s] < window."""
+    visible = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
+    if window is not None:
+        visible &= (q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < window
+    return visible
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -110,10 +118,7 @@ def attention(
         qc = q[start : start + QUERY_CHUNK].float().view(-1, n_kv, groups, d)  # [t, K, G, D]
         qp = q_pos[start : start + QUERY_CHUNK]
         scores = torch.einsum("tkgd,skd->tkgs", qc, kf) * sm_scale  # [t, K, G, S]
-        visible = k_pos.unsqueeze(0) <= qp.unsqueeze(1)  # [t, S]
-        if window is not None:
-            visible &= (qp.unsqueeze(1) - k_pos.unsqueeze(0)) < window
-        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        scores = scores.masked_fill(~visible_keys(qp, k_pos, window)[:, None, None, :], float("-inf"))
         logits = torch.cat((scores, sink.expand(scores.shape[0], -1, -1, -1)), dim=-1)
         weights = torch.softmax(logits, dim=-1)[..., :-1]  # drop the sink column
         ctx = torch.einsum("tkgs,skd->tkgd", weights, vf)  # [t, K, G, D]

@@ -201,8 +201,12 @@ void mxfp4_rows_avx512(const uint8_t* B, const uint8_t* S, int64_t o, int64_t G,
   }
 }
 
-// bf16 weights against fp32 x, AVX-512: 16 weights of a row widen to fp32 in two instructions (bf16 is
-// the top half of an fp32), and an R x M tile of register accumulators lets each converted weight vector
+// 16 bf16 values -> fp32 in two instructions: bf16 is the top half of an fp32.
+inline __m512 widen_bf16(__m256i half) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+// bf16 weights against fp32 x, AVX-512: 16 weights of a row widen to fp32 (`widen_bf16`), and an R x M tile of register accumulators lets each converted weight vector
 // feed M rows of x and each x load feed R weight rows. With one accumulator per row pair, a step of 8
 // streams was bound by loads and horizontal sums, not by the multiply-adds.
 template <int64_t R, int64_t M, bool Tail>
@@ -212,7 +216,7 @@ inline void bf16_step_avx512(const uint16_t* W, int64_t K, const float* X, int64
   for (int64_t r = 0; r < R; ++r) {
     const __m256i half = Tail ? _mm256_maskz_loadu_epi16(mask, W + r * K + k)
                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + r * K + k));
-    w[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+    w[r] = widen_bf16(half);
   }
   for (int64_t j = 0; j < M; ++j) {
     const __m512 x = Tail ? _mm512_maskz_loadu_ps(mask, X + j * K + k) : _mm512_loadu_ps(X + j * K + k);
@@ -239,9 +243,7 @@ inline void bf16_tile_avx512(const uint16_t* W, int64_t K, const float* X, float
 inline float bf16_row_avx512(const uint16_t* w, int64_t K, const float* x) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t k = 0;
-  auto widen = [](const uint16_t* p, __mmask16 mask) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
-  };
+  auto widen = [](const uint16_t* p, __mmask16 mask) { return widen_bf16(_mm256_maskz_loadu_epi16(mask, p)); };
   for (; k + 64 <= K; k += 64) {
     a0 = _mm512_fmadd_ps(widen(w + k, 0xFFFF), _mm512_loadu_ps(x + k), a0);
     a1 = _mm512_fmadd_ps(widen(w + k + 16, 0xFFFF), _mm512_loadu_ps(x + k + 16), a1);
