@@ -4,8 +4,10 @@
 
 Prints one JSON object: max |Δlogit| against transformers on the same GPU in fp32 and bf16, whether
 greedy continuations match, whether batched greedy output equals each request run alone, and
-`ossai.bench` figures on a 20b-shape checkpoint with 4 layers (bf16 on the GPU, reference ops:
-experts dequantized per step; no fused GPU kernels yet).
+`ossai.bench` figures on a 20b-shape checkpoint with 4 layers (bf16 on the GPU), once with the fused
+Triton MoE (`ossai.kernels.triton_moe`, what `Engine.load` installs on CUDA) and once with the reference
+ops (experts dequantized one by one), in the same process. The kernels' own parity tests run there with
+`pytest tests/kernels/test_triton_moe.py` (compiled for the GPU instead of interpreted).
 """
 
 from __future__ import annotations
@@ -64,9 +66,14 @@ def speed(root: Path, device: str) -> dict:
         config = PRESETS["20b"].__class__(**{**PRESETS["20b"].to_original(), "num_hidden_layers": 4})
         write_checkpoint(config, ckpt, "original", seed=0)
         print(f"wrote checkpoint in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    engine = Engine.load(ckpt, config=EngineConfig(device=device, kv_cache_mb=8192, max_num_seqs=32))
-    result = bench.run(engine, prompt_tokens=512, gen_tokens=64, concurrency=8, prefix_tokens=2000)
-    engine.close()
+    result = {}
+    for name in ("fused_moe", "reference_moe"):  # a fresh engine each: no prefix cache carried over
+        engine = Engine.load(ckpt, config=EngineConfig(device=device, kv_cache_mb=8192, max_num_seqs=32))
+        if name == "reference_moe":
+            for mlp in engine.model.mlp:
+                mlp.mix = None
+        result[name] = bench.run(engine, prompt_tokens=512, gen_tokens=64, concurrency=8, prefix_tokens=2000)
+        engine.close()
     return result
 
 

@@ -30,6 +30,14 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
         if module is not None:
             install_cpu(model, module)
             swapped += ["cpu.moe", "cpu.mxfp4_linear", "cpu.bf16_linear"]
+    if device.type == "cuda":
+        from ossai.kernels import triton_moe
+
+        if triton_moe.available():  # CUDA builds of torch bring triton; without it the reference stays
+            mix = _guarded(triton_moe.mix)
+            for mlp in model.mlp:
+                mlp.mix = mix
+            swapped.append("triton.moe")
     if swapped:
         log.info("kernels: %s", ", ".join(swapped))
     return swapped
@@ -136,6 +144,27 @@ def _fused_moe(kernel):
                 t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, packed[0], packed[1], mlp.mlp1_bias,
                 packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA,
             )  # fmt: skip
+        return mlp.reference_mix(t)
+
+    return mix
+
+
+def _guarded(fast):
+    """`fast` as an MLPBlock mix that falls back to the reference for good, with one warning, if its first
+    use fails (a Triton that cannot compile for this GPU): an optional fast path never stops a model."""
+    state: dict[str, bool] = {}
+
+    def mix(mlp: MLPBlock, t: torch.Tensor) -> torch.Tensor:
+        if not state.get("broken"):
+            try:
+                out = fast(mlp, t)
+                state["ok"] = True
+                return out
+            except Exception as exc:
+                if state.get("ok"):  # it worked before: a real error, not a missing toolchain
+                    raise
+                state["broken"] = True
+                log.warning("kernels: %s failed (%s); using the reference MoE", fast.__qualname__, exc)
         return mlp.reference_mix(t)
 
     return mix

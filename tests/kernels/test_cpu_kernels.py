@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from ossai import kernels as kernels_pkg
-from ossai.config import SWIGLU_ALPHA, ModelConfig
+from ossai.config import SWIGLU_ALPHA
 from ossai.engine import Engine, EngineConfig, SamplingParams
 from ossai.kernels import cpu
 from ossai.model import layers, transformer
+from tests.kernels.conftest import moe_block
 
 
 @pytest.fixture(scope="module", params=list(cpu.ISA_FLAGS))
@@ -98,35 +99,6 @@ def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features,
         kernels.bf16_linear(x, weight.t(), None)
 
 
-def _moe_block(experts: int, hidden: int, intermediate: int, seed: int) -> transformer.MLPBlock:
-    """An MLPBlock with random weights in the checkpoint's dtypes (bf16 router and biases, MXFP4 experts)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {
-        "norm.scale": ((hidden,), None),
-        "gate.weight": ((experts, hidden), torch.bfloat16),
-        "gate.bias": ((experts,), torch.bfloat16),
-        "mlp1_weight.blocks": ((experts, 2 * intermediate, hidden // 32, 16), torch.uint8),
-        "mlp1_weight.scales": ((experts, 2 * intermediate, hidden // 32), torch.uint8),
-        "mlp1_bias": ((experts, 2 * intermediate), torch.bfloat16),
-        "mlp2_weight.blocks": ((experts, hidden, intermediate // 32, 16), torch.uint8),
-        "mlp2_weight.scales": ((experts, hidden, intermediate // 32), torch.uint8),
-        "mlp2_bias": ((experts, hidden), torch.bfloat16),
-    }
-    weights = {}
-    for name, (shape, dtype) in shapes.items():
-        if dtype is torch.uint8:
-            low, high = (118, 124) if name.endswith("scales") else (0, 256)
-            weights[name] = torch.randint(low, high, shape, dtype=torch.uint8, generator=g)
-        else:
-            weights[name] = torch.randn(shape, generator=g).to(dtype or torch.float32)
-    config = ModelConfig(
-        num_hidden_layers=1, num_experts=experts, experts_per_token=4, hidden_size=hidden,
-        intermediate_size=intermediate, vocab_size=256, head_dim=32, num_attention_heads=2,
-        num_key_value_heads=1,
-    )  # fmt: skip
-    return transformer.MLPBlock(config, 0, lambda name: weights[name.removeprefix("block.0.mlp.")])
-
-
 @pytest.mark.parametrize(
     ("rows", "experts", "hidden", "intermediate"),
     [
@@ -141,7 +113,7 @@ def _moe_block(experts: int, hidden: int, intermediate: int, seed: int) -> trans
 def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediate):
     """The fused block (router, top-4 softmax, experts with bias and clamped SwiGLU, weighted sum) against
     MLPBlock.route + MLPBlock.experts on the plain-torch ops."""
-    mlp = _moe_block(experts, hidden, intermediate, seed=rows * experts)
+    mlp = moe_block(experts, hidden, intermediate, seed=rows * experts)
     t = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(rows))
     ref = mlp.reference_mix(t)
     got = kernels.moe(
@@ -153,7 +125,7 @@ def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediat
 
 
 def test_moe_rejects_bad_shapes(kernels):
-    mlp = _moe_block(8, 64, 64, seed=0)
+    mlp = moe_block(8, 64, 64, seed=0)
     args = [mlp.gate_weight, mlp.gate_bias, 4, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales, mlp.mlp1_bias,
             mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, 7.0, SWIGLU_ALPHA]  # fmt: skip
     with pytest.raises(RuntimeError, match="gate_weight"):
