@@ -8,13 +8,14 @@ each token's experts finishes the block. The slots are grouped by expert and pad
 (`align`), so each program multiplies one expert's tile of rows: the weights of an expert are read once
 per row tile, unpacked in registers (E2M1 nibble -> value, times 2^(scale - 127)), never written out.
 
-Nothing here synchronises with the host, so a step stays launchable from a CUDA graph. The kernels run
-under Triton's interpreter on CPU tensors too (TRITON_INTERPRET=1): that is how the parity tests check
-them on machines without a GPU.
+Nothing here waits for the GPU: the grid is sized from T, A and the expert count, never from the routing.
+The kernels run under Triton's interpreter on CPU tensors too (TRITON_INTERPRET=1): that is how the parity
+tests check them on machines without a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from typing import TYPE_CHECKING
@@ -27,13 +28,20 @@ if TYPE_CHECKING:
     from ossai.model.transformer import MLPBlock
 
 ROWS = 16  # row tile: tl.dot's smallest; a decode step pads each expert's one token to it
+WIDE_ROWS = 64  # ...and when experts average this many tokens (prefill): each tile unpacks the weights once
 COLS = 64  # output columns per program
 DEPTH = 64  # reduction step: two MXFP4 blocks
 
 
 @functools.cache
 def available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install: the reference ops still work
+        return False
+    return True
 
 
 def align(idx: torch.Tensor, experts: int, rows: int = ROWS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +51,9 @@ def align(idx: torch.Tensor, experts: int, rows: int = ROWS) -> tuple[torch.Tens
     count, never by the routing, so the grid needs no host sync."""
     flat = idx.flatten()
     n = flat.numel()
-    counts = torch.bincount(flat, minlength=experts)
+    # bincount would read the ids' range back to the host on CUDA
+    counts = torch.zeros(experts, dtype=torch.long, device=flat.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
     padded = (counts + rows - 1) // rows * rows
     ends = torch.cumsum(padded, 0)
     by_expert = torch.argsort(flat, stable=True)
@@ -64,39 +74,43 @@ if available():
 
     @triton.jit
     def _e2m1(nibble):
-        """E2M1 codes (int32 0-15) to float32: sign, 2 exponent bits (bias 1), 1 mantissa bit."""
-        exponent = ((nibble >> 1) & 3).to(tl.float32)
-        half = (nibble & 1).to(tl.float32) * 0.5
-        magnitude = tl.where(exponent == 0.0, half, (1.0 + half) * tl.exp2(exponent - 1.0))
-        return tl.where((nibble & 8) != 0, -magnitude, magnitude)
+        """E2M1 codes (int32, 0-15) to float32 by building the bits: 0, 0.5, then 2^(e-1) * (1 + m/2)."""
+        code = nibble & 7
+        normal = (((code >> 1) + 126) << 23) | ((code & 1) << 22)
+        bits = tl.where(code >= 2, normal, tl.where(code == 1, 126 << 23, 0)) | ((nibble & 8) << 28)
+        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _weights(blocks, scales, row, row_ok, k0, K, DEPTH: tl.constexpr):
-        """W[row, k0 : k0 + DEPTH] of one expert, as its even and odd columns [len(row), DEPTH // 2] in
-        float32: byte j of a row holds elements 2j (low nibble) and 2j + 1 (high nibble)."""
+    def _weights(blocks, scales, row, row_ok, k0, K, DEPTH: tl.constexpr, EVEN_K: tl.constexpr):
+        """W[row, k0 : k0 + DEPTH] of one expert in float32 [len(row), DEPTH]: byte j of a row holds
+        elements 2j (low nibble) and 2j + 1 (high nibble); one E8M0 scale per 32 elements."""
         j = k0 // 2 + tl.arange(0, DEPTH // 2)
-        ok = row_ok[:, None] & (2 * j < K)[None, :]
+        g = k0 // 32 + tl.arange(0, DEPTH // 32)
+        if EVEN_K:
+            ok, g_ok = row_ok[:, None], row_ok[:, None]
+        else:
+            ok, g_ok = row_ok[:, None] & (2 * j < K)[None, :], row_ok[:, None] & (32 * g < K)[None, :]
         packed = tl.load(blocks + row[:, None] * (K // 2) + j[None, :], mask=ok, other=0).to(tl.int32)
-        exponent = tl.load(scales + row[:, None] * (K // 32) + j[None, :] // 16, mask=ok, other=127)
-        scale = tl.exp2(exponent.to(tl.float32) - 127.0)
-        return _e2m1(packed & 15) * scale, _e2m1(packed >> 4) * scale
+        exponent = tl.load(scales + row[:, None] * (K // 32) + g[None, :], mask=g_ok, other=127).to(tl.int32)
+        # 2^(e - 127) from the bits; e = 0 would be a subnormal, which GPUs may flush: take it from exp2
+        scale = tl.where(exponent > 0, (exponent << 23).to(tl.float32, bitcast=True), tl.exp2(-127.0))
+        w = tl.join(_e2m1(packed & 15), _e2m1(packed >> 4))  # [n, DEPTH/2, 2]: element order restored
+        w = tl.reshape(w, (row.shape[0], DEPTH // 32, 32)) * scale[:, :, None]
+        return tl.reshape(w, (row.shape[0], DEPTH))
 
     @triton.jit
-    def _rows(x, row, row_ok, k0, K, DEPTH: tl.constexpr, UPCAST: tl.constexpr):
-        """x[row, k0 : k0 + DEPTH] as its even and odd columns, to meet `_weights`."""
-        j = k0 // 2 + tl.arange(0, DEPTH // 2)
-        ok = row_ok[:, None] & (2 * j < K)[None, :]
-        at = x + row[:, None] * K + 2 * j[None, :]
-        even, odd = tl.load(at, mask=ok, other=0.0), tl.load(at + 1, mask=ok, other=0.0)
-        if UPCAST:
-            even, odd = even.to(tl.float32), odd.to(tl.float32)
-        return even, odd
+    def _rows(x, row, row_ok, k0, K, DEPTH: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+        """x[row, k0 : k0 + DEPTH], to meet `_weights`."""
+        k = k0 + tl.arange(0, DEPTH)
+        ok = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k < K)[None, :]
+        rows = tl.load(x + row[:, None] * K + k[None, :], mask=ok, other=0.0)
+        return rows.to(tl.float32) if UPCAST else rows
 
     @triton.jit
     def _up_kernel(
         x, order, tile_expert, blocks, scales, bias, h, n_slots, A, K, inter, limit, alpha,
         ROWS: tl.constexpr, COLS: tl.constexpr, DEPTH: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, EVEN_K: tl.constexpr,
     ):  # fmt: skip
         """h[p, i] = SwiGLU(x[token(p)] @ W1[e]^T + b1[e]) for the padded positions p of one row tile, and
         intermediate columns i: gate row 2i and linear row 2i + 1 are multiplied side by side."""
@@ -114,14 +128,11 @@ if available():
             gate = tl.zeros((ROWS, COLS), dtype=tl.float32)
             lin = tl.zeros((ROWS, COLS), dtype=tl.float32)
             for k0 in range(0, K, DEPTH):
-                xe, xo = _rows(x, token, token_ok, k0, K, DEPTH, UPCAST)
-                ge, go = _weights(e_blocks, e_scales, 2 * i, i_ok, k0, K, DEPTH)
-                le, lo = _weights(e_blocks, e_scales, 2 * i + 1, i_ok, k0, K, DEPTH)
-                dt = xe.dtype
-                gate += tl.dot(xe, tl.trans(ge.to(dt)), input_precision=PRECISION)
-                gate += tl.dot(xo, tl.trans(go.to(dt)), input_precision=PRECISION)
-                lin += tl.dot(xe, tl.trans(le.to(dt)), input_precision=PRECISION)
-                lin += tl.dot(xo, tl.trans(lo.to(dt)), input_precision=PRECISION)
+                xs = _rows(x, token, token_ok, k0, K, DEPTH, EVEN_K, UPCAST)
+                wg = _weights(e_blocks, e_scales, 2 * i, i_ok, k0, K, DEPTH, EVEN_K).to(xs.dtype)
+                wl = _weights(e_blocks, e_scales, 2 * i + 1, i_ok, k0, K, DEPTH, EVEN_K).to(xs.dtype)
+                gate += tl.dot(xs, tl.trans(wg), input_precision=PRECISION)
+                lin += tl.dot(xs, tl.trans(wl), input_precision=PRECISION)
             gate += tl.load(bias + e * 2 * inter + 2 * i, mask=i_ok, other=0.0).to(tl.float32)[None, :]
             lin += tl.load(bias + e * 2 * inter + 2 * i + 1, mask=i_ok, other=0.0).to(tl.float32)[None, :]
             gate = tl.minimum(gate, limit)
@@ -133,7 +144,7 @@ if available():
     def _down_kernel(
         h, order, tile_expert, route, blocks, scales, bias, y, n_slots, inter, H,
         ROWS: tl.constexpr, COLS: tl.constexpr, DEPTH: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, EVEN_K: tl.constexpr,
     ):  # fmt: skip
         """y[slot(p), c] = route[slot(p)] * (h[p] @ W2[e]^T + b2[e])[c], rows written per slot."""
         tile, col = tl.program_id(0), tl.program_id(1)
@@ -148,10 +159,9 @@ if available():
             e_scales = scales + e * H * (inter // 32)
             acc = tl.zeros((ROWS, COLS), dtype=tl.float32)
             for k0 in range(0, inter, DEPTH):
-                he, ho = _rows(h, p, slot_ok, k0, inter, DEPTH, UPCAST)
-                we, wo = _weights(e_blocks, e_scales, c, c_ok, k0, inter, DEPTH)
-                acc += tl.dot(he, tl.trans(we.to(he.dtype)), input_precision=PRECISION)
-                acc += tl.dot(ho, tl.trans(wo.to(he.dtype)), input_precision=PRECISION)
+                hs = _rows(h, p, slot_ok, k0, inter, DEPTH, EVEN_K, UPCAST)
+                w = _weights(e_blocks, e_scales, c, c_ok, k0, inter, DEPTH, EVEN_K).to(hs.dtype)
+                acc += tl.dot(hs, tl.trans(w), input_precision=PRECISION)
             acc += tl.load(bias + e * H + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
             weight = tl.load(route + slot, mask=slot_ok, other=0.0)
             out = acc * weight[:, None]
@@ -171,7 +181,8 @@ def experts(
     (T, H), A = t.shape, idx.shape[1]
     E, two_i = w1[0].shape[:2]
     inter = two_i // 2
-    order, tile_expert = align(idx, E)
+    rows = WIDE_ROWS if T * A >= WIDE_ROWS * E else ROWS
+    order, tile_expert = align(idx, E, rows)
     h = torch.empty((order.numel(), inter), dtype=t.dtype, device=t.device)
     y = torch.zeros((T * A, H), dtype=torch.float32, device=t.device)
     # fp32 models multiply in full fp32 (no TF32), so a GPU step gives the CPU's greedy tokens
@@ -180,13 +191,17 @@ def experts(
     x = t.contiguous()
     # Triton's interpreter multiplies bf16 tiles wrongly (numpy has no bf16): there, rows widen to fp32 first
     upcast = t.dtype != torch.float32 and not t.is_cuda
-    common = {"ROWS": ROWS, "COLS": COLS, "DEPTH": DEPTH, "PRECISION": precision, "UPCAST": upcast}
-    _up_kernel[(tiles, triton.cdiv(inter, COLS))](
-        x, order, tile_expert, *w1, h, T * A, A, H, inter, float(limit), SWIGLU_ALPHA, **common
-    )
-    _down_kernel[(tiles, triton.cdiv(H, COLS))](
-        h, order, tile_expert, route.float().contiguous(), *w2, y, T * A, inter, H, **common
-    )
+    common = {"ROWS": rows, "COLS": COLS, "DEPTH": DEPTH, "PRECISION": precision, "UPCAST": upcast}
+    # Triton launches on the current device, not the tensors'
+    with torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext():
+        _up_kernel[(tiles, triton.cdiv(inter, COLS))](
+            x, order, tile_expert, *w1, h, T * A, A, H, inter, float(limit), SWIGLU_ALPHA,
+            EVEN_K=H % DEPTH == 0, **common,
+        )  # fmt: skip
+        _down_kernel[(tiles, triton.cdiv(H, COLS))](
+            h, order, tile_expert, route.float().contiguous(), *w2, y, T * A, inter, H,
+            EVEN_K=inter % DEPTH == 0, **common,
+        )  # fmt: skip
     return y.view(T, A, H).sum(1).to(t.dtype)
 
 
