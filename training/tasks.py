@@ -559,8 +559,9 @@ def arithmetic_turn(ctx: Ctx) -> Turn:
     expr = rng.choice(forms).format(a=a, b=b)
     question = rng.choice(questions).format(x=expr, a=a, b=b)
     sym = {"+": "+", "-": "-", "*": rng.choice(["*", "×"])}[op]
+    # no bare "{r}": from the final channel's first token a tiny model copies the wrong number (run 6)
     answer = rng.choice(
-        [f"{a} {sym} {b} = {r}.", f"The answer is {r}.", f"{r}", f"It's {r}.", f"{a} {sym} {b} = {r}"]
+        [f"{a} {sym} {b} = {r}.", f"The answer is {r}.", f"It's {r}.", f"{a} {sym} {b} = {r}"]
     )
     messages = [user(vary(rng, question)), final(_arith_reasoning(ctx, op, a, b, r), answer)]
     return Turn(messages, {"kind": "final", "number": r}, {"task": op})
