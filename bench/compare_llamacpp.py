@@ -8,12 +8,13 @@
    MXFP4 blocks + scales + biases, norms, the unembedding, the KV cache at the mean decode context), so
    that every decode figure is also a fraction of the bandwidth limit (bandwidth / bytes per token);
 3. `ossai bench CHECKPOINT --prompt-tokens 512 --gen-tokens 128 --threads N --concurrency 1 --json` in a
-   subprocess;
+   subprocess, then the same with `--moe-int8` (the experts' inputs rounded to int8, as llama.cpp does;
+   `--no-int8` skips it);
 4. llama.cpp through llama-cpp-python in a second subprocess on a GGUF of the same weights (written by
    bench/gguf_export.py when missing): the same 512 prompt ids (ossai bench's), prefill timed, then 128
    greedy tokens, decode timed as ossai times it (127 steps after the first token); flash attention on,
    which is llama.cpp's own default (`auto`) on CPU but not llama-cpp-python's (`--no-flash-attn`);
-5. one JSON object on stdout: both sides' figures, peak RSS (each child's own, from wait4), sizes,
+5. one JSON object on stdout: every side's figures, peak RSS (each child's own, from wait4), sizes,
    bandwidth, bytes per token, fractions of the limit, ratios ossai / llama.cpp, the command and machine.
 
 Before each side the parent reads that side's weight files once, so both start from a warm page cache.
@@ -148,12 +149,12 @@ def last_json(text: str) -> dict:
     raise ValueError(f"no JSON object in the output:\n{text[-2000:]}")
 
 
-def run_ossai(checkpoint: Path, args) -> dict:
+def run_ossai(checkpoint: Path, args, int8: bool = False) -> dict:
     ossai = Path(sys.executable).with_name("ossai")
     cmd = [str(ossai) if ossai.exists() else sys.executable, *([] if ossai.exists() else ["-m", "ossai.cli"])]
     cmd += ["bench", str(checkpoint), "--prompt-tokens", str(args.prompt_tokens)]
     cmd += ["--gen-tokens", str(args.gen_tokens), "--threads", str(args.threads), "--concurrency", "1"]
-    cmd += ["--json"]
+    cmd += ["--json", *(["--moe-int8"] if int8 else [])]
     return run_side(cmd, args.timeout, "ossai bench")
 
 
@@ -313,6 +314,8 @@ def compare(args) -> dict:
     sides = []
     if not args.skip_ossai:
         sides.append(("ossai", ck.files, lambda: run_ossai(args.checkpoint, args)))
+        if args.int8:
+            sides.append(("ossai_int8", ck.files, lambda: run_ossai(args.checkpoint, args, int8=True)))
     if not args.skip_llama:
         sides.append(("llama_cpp", [gguf], lambda: run_llama(gguf, args)))
     for name, files, run in sides:  # one after the other, never at once
@@ -331,23 +334,25 @@ def compare(args) -> dict:
             file=sys.stderr,
         )
 
-    if "ossai" in result and "llama_cpp" in result:
-        o, ll = result["ossai"], result["llama_cpp"]
-        rss_budget_mb = (1.1 * ck.size_bytes + kv_cache) / 2**20
-        result["ratios"] = {
+    rss_budget_mb = (1.1 * ck.size_bytes + kv_cache) / 2**20
+    result["rss_budget_mb"] = round(rss_budget_mb, 1)
+    for key in ("ossai", "ossai_int8"):  # ratios and targets for each ossai side
+        if key not in result or "llama_cpp" not in result:
+            continue
+        o, ll = result[key], result["llama_cpp"]
+        result.setdefault("ratios", {})[key] = {
             "prefill_ossai_over_llama": round(o["prefill_tps"] / ll["prefill_tps"], 3),
             "decode_ossai_over_llama": round(o["decode_tps"] / ll["decode_tps"], 3),
             "peak_rss_ossai_over_llama": round(o["child_peak_rss_mb"] / ll["child_peak_rss_mb"], 3),
             "ossai_rss_over_checkpoint": round(o["child_peak_rss_mb"] * 2**20 / ck.size_bytes, 3),
             "llama_rss_over_gguf": round(ll["child_peak_rss_mb"] * 2**20 / sizes["gguf_bytes"], 3),
         }
-        result["targets"] = {
+        result.setdefault("targets", {})[key] = {
             "decode >= 1.0x llama.cpp": o["decode_tps"] >= ll["decode_tps"],
             "decode >= 60% of the bandwidth limit": o["decode_fraction_of_limit"] >= 0.6,
             "prefill >= 1.0x llama.cpp": o["prefill_tps"] >= ll["prefill_tps"],
             "peak RSS <= 1.1x checkpoint + KV cache": o["child_peak_rss_mb"] <= rss_budget_mb,
         }
-        result["rss_budget_mb"] = round(rss_budget_mb, 1)
     result["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result
 
@@ -371,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth-gbs", type=float, help="skip the probe; use this read bandwidth")
     parser.add_argument("--skip-ossai", action="store_true")
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run ossai with --moe-int8 (llama.cpp's int8 activations for the experts)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per side")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--llama-worker", type=Path, help=argparse.SUPPRESS)

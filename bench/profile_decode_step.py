@@ -2,7 +2,7 @@
 model, and the engine's own work per step (scheduling, sampling, queues).
 
     python bench/profile_decode_step.py CHECKPOINT [--streams 8] [--context 500] [--threads 2]
-                                                   [--steps 8] [--profile] [--json]
+                                                   [--steps 8] [--profile] [--json] [--moe-int8]
 
 1. `--streams` sequences of `--context` random tokens are prefilled straight through the runner, then
    `--steps` batched decode steps run; every call into the CPU extension is timed (each kernel returns
@@ -213,9 +213,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--against", metavar="SRC", help="another mxfp4.cpp: paired rounds against it")
     parser.add_argument("--rounds", type=int, default=4, help="paired rounds with --against")
+    parser.add_argument("--moe-int8", action="store_true", help="the experts' inputs rounded to int8")
     args = parser.parse_args()
     against = build_against(args.against) if args.against else None
-    engine = Engine.load(args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024))
+    engine = Engine.load(
+        args.checkpoint, config=EngineConfig(threads=args.threads, kv_cache_mb=1024, moe_int8=args.moe_int8)
+    )
     try:
         if against is not None:
             report = {**vars(args), **paired(engine, against, args)}

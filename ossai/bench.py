@@ -64,6 +64,7 @@ def run(
         "concurrency": concurrency,
         "threads": engine.threads,
         "device": str(engine.device),
+        "moe_int8": engine.engine_config.moe_int8,
         "prefill_tps": prompt_tokens / single.ttft,
         "decode_tps": (single.tokens - 1) / decode_time if decode_time > 0 else 0.0,
         "single_ttft_ms": single.ttft * 1000,

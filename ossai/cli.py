@@ -39,6 +39,14 @@ ModelArg = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads (default: physical cores)")]
+MoeInt8Opt = Annotated[
+    bool,
+    typer.Option(
+        "--moe-int8",
+        help="CPU: round the MoE experts' inputs to int8 per 32 values, as llama.cpp does: about 2x faster "
+        "experts with AVX-512 VNNI, logits about 1% off the exact default",
+    ),
+]
 
 
 @app.callback()
@@ -104,6 +112,7 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
+    moe_int8: MoeInt8Opt = False,
 ) -> None:
     """Generate a completion for one prompt and print it.
 
@@ -111,7 +120,7 @@ def generate(
     (the reasoning is in --json's `reasoning`). --raw completes the text or token ids as given.
     """
     from ossai import harmony
-    from ossai.engine import Engine, SamplingParams
+    from ossai.engine import Engine, EngineConfig, SamplingParams
 
     if (prompt is None) == (tokens is None):
         raise BadRequest("give exactly one of --prompt or --tokens")
@@ -128,7 +137,8 @@ def generate(
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=stops
     )
-    engine = Engine.load(_resolve(_model_or_default(model)), device=device, threads=threads)
+    config = EngineConfig(device=device, threads=threads, moe_int8=moe_int8)
+    engine = Engine.load(_resolve(_model_or_default(model)), config=config)
     try:
         _generate(engine, prompt_ids, params, raw, as_json)
     finally:
@@ -209,6 +219,7 @@ def chat(
     docs: DocsOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
+    moe_int8: MoeInt8Opt = False,
 ) -> None:
     """Chat with a model in the terminal; /help lists the slash commands.
 
@@ -217,7 +228,7 @@ def chat(
     line failed.
     """
     from ossai.chat import ChatOptions, run_chat
-    from ossai.engine import Engine
+    from ossai.engine import Engine, EngineConfig
 
     options = ChatOptions(
         effort=effort,
@@ -232,7 +243,9 @@ def chat(
 
     model = _model_or_default(model)
     made = _make_tools(_tool_list(tools), python_sandbox, docs)
-    engine = Engine.load(_resolve(model), device=device, threads=threads)
+    engine = Engine.load(
+        _resolve(model), config=EngineConfig(device=device, threads=threads, moe_int8=moe_int8)
+    )
     try:
         toolset = ToolSet(list(made.values())) if made else None
         status = run_chat(engine.generate, options, model=model, tools=toolset)
@@ -257,6 +270,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
+    moe_int8: MoeInt8Opt = False,
 ) -> None:
     """Measure prefill, single-stream decode, batched decode (aggregate tokens/s, TTFT) and peak memory.
 
@@ -274,7 +288,11 @@ def bench(
         if value < 1:
             raise BadRequest(f"--{name} must be at least 1, got {value}")
     config = EngineConfig(
-        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max(32, concurrency)
+        device=device,
+        threads=threads,
+        kv_cache_mb=kv_cache_mb,
+        max_num_seqs=max(32, concurrency),
+        moe_int8=moe_int8,
     )
     engine = Engine.load(_resolve(model), config=config)
     try:
@@ -357,6 +375,7 @@ def serve(
     tool_timeout: Annotated[float, typer.Option(help="seconds one tool call may take")] = 180.0,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
+    moe_int8: MoeInt8Opt = False,
 ) -> None:
     """Serve models over HTTP: OpenAI API under /v1, Ollama API under /api, /metrics, /health.
 
@@ -390,7 +409,11 @@ def serve(
         servers.publish(url, loaded)
 
     config = EngineConfig(
-        device=device, threads=threads, kv_cache_mb=kv_cache_mb, max_num_seqs=max_concurrency
+        device=device,
+        threads=threads,
+        kv_cache_mb=kv_cache_mb,
+        max_num_seqs=max_concurrency,
+        moe_int8=moe_int8,
     )
     engine = None
     if model is not None:

@@ -301,6 +301,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens per step: bounds a prefill chunk so decoding never stalls
     max_model_len: int | None = None  # context limit; None = the model's (131072) or what the pool holds
     prefix_caching: bool = True
+    # round the MoE experts' inputs to int8 per 32 values (llama.cpp's Q8_0): ~2x faster experts on CPUs
+    # with AVX-512 VNNI, logits ~1% off the exact path; CPU only
+    moe_int8: bool = False
 
     def __post_init__(self) -> None:
         checks = [

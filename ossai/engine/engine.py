@@ -154,9 +154,14 @@ class Engine:
         if config is not None:
             device, threads = config.device, config.threads if threads is None else threads
         dev = resolve_device(device)
+        moe_int8 = config is not None and config.moe_int8
+        if moe_int8 and dev.type != "cpu":
+            raise BadRequest(
+                f"int8 MoE activations are a CPU option; {dev} runs the MoE in {default_dtype(dev)}"
+            )
         n_threads = set_threads(threads)
         checkpoint = Checkpoint.open(path)
-        model = Transformer(checkpoint.config, checkpoint.get, dtype or default_dtype(dev))
+        model = Transformer(checkpoint.config, checkpoint.get, dtype or default_dtype(dev), moe_int8)
         if dev.type != "cpu":
             model.to(dev)
         kernels.accelerate(model, dev)

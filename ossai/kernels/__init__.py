@@ -1,7 +1,8 @@
 """Fast paths that replace reference ops of the model after it is built (`accelerate`).
 
 Each fast op keeps the plain-torch op in `ossai.model` as its reference and has a parity test against
-it (tests/kernels/). Nothing here changes results beyond fp32 summation order.
+it (tests/kernels/). Nothing here changes results beyond fp32 summation order (the opt-in int8 MoE
+inputs are the reference's too: `MLPBlock.int8_activations`).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _fused_moe(kernel):
         if t.dtype == torch.float32 and all(w.is_contiguous() for w in packed):
             return kernel(
                 t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, packed[0], packed[1], mlp.mlp1_bias,
-                packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA,
+                packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA, mlp.int8_activations,
             )  # fmt: skip
         return mlp.reference_mix(t)
 

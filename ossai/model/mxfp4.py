@@ -78,3 +78,15 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = codes[..., 0] | (codes[..., 1] << 4)
     scales = (exponent.squeeze(-1) + SCALE_BIAS).to(torch.uint8)
     return blocks, scales
+
+
+def round_to_int8_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] rounded to int8 per block of 32 values with scale amax/127 (llama.cpp's Q8_0) and back:
+    the reference for the MoE's opt-in int8 activations, where the fused kernel multiplies the int8 values
+    by the doubled E2M1 values exactly in integers. K must be a multiple of 32."""
+    if x.shape[-1] % VALUES_PER_BLOCK:
+        raise ValueError(f"int8 blocks need a multiple of {VALUES_PER_BLOCK} values, got {x.shape[-1]}")
+    blocks = x.float().unflatten(-1, (-1, VALUES_PER_BLOCK))
+    d = blocks.abs().amax(-1, keepdim=True) / 127.0
+    q = torch.where(d > 0, torch.round(blocks / d.clamp_min(torch.finfo(torch.float32).tiny)), 0.0)
+    return (q * d).flatten(-2).to(x.dtype)

@@ -94,7 +94,7 @@ def mxfp4_linear(
 class MLPBlock(nn.Module):
     """Router (top-A, softmax over the selected logits) and MXFP4 experts with the clamped SwiGLU."""
 
-    def __init__(self, config: ModelConfig, layer: int, get: WeightGetter):
+    def __init__(self, config: ModelConfig, layer: int, get: WeightGetter, int8_activations: bool = False):
         super().__init__()
         p = f"block.{layer}.mlp"
         for name in ("norm.scale", "gate.weight", "gate.bias", "mlp1_weight.blocks", "mlp1_weight.scales",
@@ -102,6 +102,8 @@ class MLPBlock(nn.Module):
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
         self.top_k = config.experts_per_token
         self.limit = config.swiglu_limit
+        # opt-in (EngineConfig.moe_int8): the experts' inputs rounded to int8 per 32 values, as llama.cpp does
+        self.int8_activations = int8_activations
         self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
         self.dense = linear
         # kernels.accelerate() sets a fused block, called as mix(self, t) (None: reference_mix)
@@ -129,7 +131,10 @@ class MLPBlock(nn.Module):
             tokens = slots // self.top_k
             w1 = (self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], self.mlp1_bias[expert])
             w2 = (self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], self.mlp2_bias[expert])
-            h = swiglu(self.mxfp4_linear(t[tokens], *w1), self.limit)  # [n, 2I] -> [n, I]
+            x = mxfp4.round_to_int8_blocks(t[tokens]) if self.int8_activations else t[tokens]
+            h = swiglu(self.mxfp4_linear(x, *w1), self.limit)  # [n, 2I] -> [n, I]
+            if self.int8_activations:
+                h = mxfp4.round_to_int8_blocks(h)
             y = self.mxfp4_linear(h, *w2)  # [n, H]
             out.index_add_(0, tokens, y.float() * weights.flatten()[slots, None])
         return out.to(t.dtype)
@@ -144,7 +149,13 @@ class MLPBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig, get: WeightGetter, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: ModelConfig,
+        get: WeightGetter,
+        dtype: torch.dtype = torch.float32,
+        moe_int8: bool = False,
+    ):
         super().__init__()
         self.config = config
         self.dtype = dtype
@@ -156,7 +167,7 @@ class Transformer(nn.Module):
         self.attn = nn.ModuleList(
             AttentionBlock(config, n, get, self.rotary) for n in range(config.num_hidden_layers)
         )
-        self.mlp = nn.ModuleList(MLPBlock(config, n, get) for n in range(config.num_hidden_layers))
+        self.mlp = nn.ModuleList(MLPBlock(config, n, get, moe_int8) for n in range(config.num_hidden_layers))
 
     def to(self, *args, **kwargs):  # type: ignore[override]
         out = super().to(*args, **kwargs)

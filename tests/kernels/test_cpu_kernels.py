@@ -54,9 +54,12 @@ def test_mxfp4_linear_takes_strided_rows_and_rejects_bad_shapes(kernels):
         kernels.mxfp4_linear(torch.randn(2, 64).bfloat16(), blocks, scales, None)
 
 
-def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny):
+@pytest.mark.parametrize("moe_int8", [False, True])
+def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, moe_int8):
     assert cpu.load(required=True) is not None
-    engine = Engine.load(tiny, config=EngineConfig(prefix_caching=False))  # the reference recomputes all
+    # prefix caching off: the reference recomputes everything
+    engine = Engine.load(tiny, config=EngineConfig(prefix_caching=False, moe_int8=moe_int8))
+    assert all(m.int8_activations == moe_int8 for m in engine.model.mlp)
     assert engine.runner.attention_kernel is not None and engine.runner.prefill_attention is not None
     experts = engine.model.mlp[0].mxfp4_linear
     assert experts is not transformer.mxfp4_linear and all(
@@ -108,17 +111,22 @@ def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features,
         (3, 4, 2880, 2880),
         (5, 128, 64, 32),
         (300, 8, 128, 64),  # a prefill chunk: weights decoded once per tile
+        (2, 4, 2912, 544),  # int8: 91 blocks (a part-filled chunk and 16-block group), mlp2 17 blocks
     ],
 )
-def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediate):
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediate, int8):
     """The fused block (router, top-4 softmax, experts with bias and clamped SwiGLU, weighted sum) against
-    MLPBlock.route + MLPBlock.experts on the plain-torch ops."""
+    MLPBlock.route + MLPBlock.experts on the plain-torch ops; with int8, both round the experts' inputs to
+    int8 per 32 values (`mxfp4.round_to_int8_blocks`), and the kernel multiplies in integers."""
     mlp = moe_block(experts, hidden, intermediate, seed=rows * experts)
+    mlp.int8_activations = int8
     t = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(rows))
     ref = mlp.reference_mix(t)
     got = kernels.moe(
         t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales,
         mlp.mlp1_bias, mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA,
+        int8,
     )  # fmt: skip
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

@@ -108,3 +108,16 @@ def test_bf16_activations_track_transformers_bf16(tiny_checkpoints, hf_model):
     assert diff < max(0.25, 3 * hf_noise), (diff, hf_noise)
     agree = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
     assert agree > 0.9
+
+
+def test_int8_moe_inputs_stay_near_transformers(tiny_checkpoints, hf_model):
+    """`EngineConfig.moe_int8` rounds the experts' inputs to int8 per 32 values (llama.cpp's Q8_0): not
+    within FP32_TOL any more, but close. On this random model the argmax agrees where running the same
+    model in bf16 does (~94%: BENCHMARKS.md, GPU path), and the mean logit moves by ~0.01 of ~6."""
+    ids = _prompt(0, 300)
+    with torch.no_grad():
+        ref = hf_model(0)(torch.tensor([ids])).logits[0].float()
+    ours = Engine.load(tiny_checkpoints(0, "hf"), config=EngineConfig(moe_int8=True)).logits(ids)
+    diff = (ours - ref).abs()
+    assert 1e-4 < diff.mean().item() < 0.05, diff.mean().item()  # rounded, and only slightly
+    assert (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.9

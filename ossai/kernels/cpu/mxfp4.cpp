@@ -379,7 +379,7 @@ void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int
     const float* x = X + t0 * K;
     float* y = out + t0 * R;
     const int64_t m = std::min(kRowsX, n - t0);
-    if (R == 4) {
+    if (R == 4 && m > 1) {
       switch (m) {
         case 4: mxfp4_tile_avx512<4, 4>(rows, scales, G, x, K, y, 4); break;
         case 3: mxfp4_tile_avx512<4, 3>(rows, scales, G, x, K, y, 4); break;
@@ -432,24 +432,182 @@ inline int64_t scratch_floats(int64_t n, int64_t K) {
 }
 
 // f(k, e, o0, R, m, tile) for every tile of 4 weight rows (R at the end) of every active expert
-// e = active[k], whose m = start[k+1] - start[k] rows of x (laid out by x_slot, K = G * 32 columns) begin at
-// X + start[k] * K; tile [m, R] holds their products. Work items run expert by expert, so a thread's
-// consecutive items reuse one expert's rows of x from cache. W, S: all experts' [E, rows, G, 16] / [E, rows, G].
-template <typename F>
-void expert_tiles(int64_t rows, int64_t G, const uint8_t* W, const uint8_t* S, const float* X,
-                  const std::vector<int64_t>& active, const std::vector<int64_t>& start, F&& f) {
-  const int64_t tiles = (rows + 3) / 4, K = G * 32, slots = start.back();
+// e = active[k], whose m = start[k+1] - start[k] slots begin at slot start[k]; tile [m, R] holds their
+// products, computed by product(e, o0, R, start[k], m, tile, scratch) with `scratch_n` floats of scratch.
+// Work items run expert by expert, so a thread's consecutive items reuse one expert's rows of x from cache.
+template <typename P, typename F>
+void expert_tiles(int64_t rows, const std::vector<int64_t>& active, const std::vector<int64_t>& start,
+                  int64_t scratch_n, P&& product, F&& f) {
+  const int64_t tiles = (rows + 3) / 4, slots = start.back();
   const int64_t A = static_cast<int64_t>(active.size());
   at::parallel_for(0, A * tiles, 16, [&](int64_t w0, int64_t w1) {
-    std::vector<float> tile(4 * slots), scratch(scratch_floats(slots, K));
+    std::vector<float> tile(4 * slots), scratch(scratch_n);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t k = w / tiles, o0 = w % tiles * 4, R = std::min<int64_t>(4, rows - o0);
       const int64_t e = active[k], m = start[k + 1] - start[k];
-      rows_product(W + e * rows * G * 16, S + e * rows * G, o0, R, G, X + start[k] * K, m, tile.data(),
-                   scratch.data());
+      product(e, o0, R, start[k], m, tile.data(), scratch.data());
       f(k, e, o0, R, m, tile.data());
     }
   });
+}
+
+// -- int8 activations (opt-in: moe(..., int8=true)) ------------------------------------------------------
+// As llama.cpp's Q8_0: each 32-value block of an expert's input row is rounded to int8 with scale
+// amax/127. Doubled, the E2M1 values are the integers -12..12, so a block's dot product is an exact int32
+// sum (vpdpbusd: 64 products per instruction, no per-value unpacking), scaled once by both blocks' scales.
+// Reference: mxfp4.round_to_int8_blocks in ossai/model/mxfp4.py applied to the experts' inputs.
+
+constexpr int64_t kChunk = 128;  // values per chunk: 4 blocks, one 64-byte load of packed weights
+constexpr int8_t kDoubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// Rows of K = G * 32 values rounded to int8, laid out for the product. Per chunk c (blocks 4c..4c+3),
+// q[c*128 + 16*b + j] is element 2j of block 4c+b and q[c*128 + 64 + 16*b + j] element 2j+1 (the order of
+// the low and high nibbles); s[g] is block g's scale, halved for the doubled table; corr[c*16 + l] is -12
+// times the sum of lane l's 4 + 4 bytes (vpdpbusd wants the weights unsigned, so they enter as 2v + 12 and
+// the accumulator starts at the correction). Zero-padded to whole chunks, and s to whole 16-block groups.
+struct Q8Rows {
+  int64_t G, chunks, qn, sn, cn;
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  std::vector<int32_t> corr;
+  Q8Rows(int64_t G_, int64_t n)
+      : G(G_), chunks((G_ + 3) / 4), qn(chunks * kChunk), sn((G_ + 15) / 16 * 16), cn(chunks * 16),
+        q(n * qn, 0), s(n * sn, 0.0f), corr(n * cn, 0) {}
+
+  // Row i from x[0:G*32].
+  void quantize(int64_t i, const float* x) {
+    int8_t* qi = q.data() + i * qn;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* xb = x + g * 32;
+      float amax = 0.0f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float d = amax / 127.0f;  // x / d, not x * (1/d): the reference rounds the same quotients
+      s[i * sn + g] = d * 0.5f;
+      int8_t* qb = qi + (g / 4) * kChunk + (g % 4) * 16;
+      for (int j = 0; j < 16; ++j) {
+        qb[j] = d > 0.0f ? static_cast<int8_t>(std::nearbyint(xb[2 * j] / d)) : 0;
+        qb[64 + j] = d > 0.0f ? static_cast<int8_t>(std::nearbyint(xb[2 * j + 1] / d)) : 0;
+      }
+    }
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int l = 0; l < 16; ++l) {
+        int32_t sum = 0;
+        for (int b = 0; b < 4; ++b) sum += qi[c * kChunk + 4 * l + b] + qi[c * kChunk + 64 + 4 * l + b];
+        corr[i * cn + c * 16 + l] = -12 * sum;
+      }
+    }
+  }
+  void copy_row(int64_t to, const Q8Rows& from, int64_t i) {
+    std::memcpy(q.data() + to * qn, from.q.data() + i * qn, qn);
+    std::memcpy(s.data() + to * sn, from.s.data() + i * sn, sn * sizeof(float));
+    std::memcpy(corr.data() + to * cn, from.corr.data() + i * cn, cn * sizeof(int32_t));
+  }
+};
+
+// dot(weight row, quantized row i of x), any instruction set.
+inline float q8_dot(const uint8_t* row, const uint8_t* row_scales, const Q8Rows& x, int64_t i) {
+  const int8_t* qi = x.q.data() + i * x.qn;
+  const float* si = x.s.data() + i * x.sn;
+  float acc = 0.0f;
+  for (int64_t g = 0; g < x.G; ++g) {
+    const uint8_t* block = row + g * 16;
+    const int8_t* qb = qi + (g / 4) * kChunk + (g % 4) * 16;
+    int32_t sum = 0;
+    for (int j = 0; j < 16; ++j) sum += kDoubled[block[j] & 15] * qb[j] + kDoubled[block[j] >> 4] * qb[64 + j];
+    acc += static_cast<float>(sum) * (si[g] * kScales.full[row_scales[g]]);
+  }
+  return acc;
+}
+
+#if defined(OSSAI_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+#define OSSAI_VNNI 1
+// 2v + 12 for each E2M1 code v, four times over: vpermb reads an index byte's low 6 bits, so a byte looks
+// up its low nibble as it is, and its high nibble after a 16-bit shift right by 4 (bits 4-5 then hold the
+// next byte's bits, which only choose among equal copies).
+alignas(64) constexpr uint8_t kQ8Table[64] = {
+    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+// out[j * ldo + r] = dot(row r of W, quantized row j0 + j of x) for R weight rows and M rows of x. A chunk
+// of 4 blocks costs per weight row one load, one shift and two vpermb, and per (row, x row) two vpdpbusd,
+// a conversion and a multiply-add with the 4 blocks' combined scales (one vpermps from a 16-block vector).
+template <int64_t R, int64_t M>
+inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Rows& x, int64_t j0, float* out,
+                         int64_t ldo) {
+  const int64_t G = x.G;
+  const __m512i table = _mm512_load_si512(kQ8Table);
+  const __m512i spread[4] = {
+      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+      _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+      _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
+      _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
+  __m512 acc[R][M];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int64_t nb = std::min<int64_t>(16, G - g0);
+    const __mmask16 smask = static_cast<__mmask16>((1u << nb) - 1);
+    __m512 comb[R][M];  // block scale of W times that of x, for the group's 16 blocks
+    for (int64_t r = 0; r < R; ++r) {
+      const __m128i e = _mm_maskz_loadu_epi8(smask, scales + r * G + g0);
+      const __m512 ws = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(e), 23));  // 2^(e-127)
+      for (int64_t j = 0; j < M; ++j) comb[r][j] = _mm512_mul_ps(ws, _mm512_loadu_ps(x.s.data() + (j0 + j) * x.sn + g0));
+    }
+    for (int64_t c4 = 0; c4 < 4 && g0 + 4 * c4 < G; ++c4) {
+      const int64_t b0 = g0 + 4 * c4, chunk = b0 / 4, nbc = std::min<int64_t>(4, G - b0);
+      const __mmask64 wmask = nbc == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * nbc)) - 1;
+      __m512i lo[R], hi[R];
+      for (int64_t r = 0; r < R; ++r) {
+        const __m512i bytes = _mm512_maskz_loadu_epi8(wmask, rows + (r * G + b0) * 16);
+        // one weight row at a time (decode) is one stream through the expert: fetch 4 KB ahead of it
+        if (R == 1) _mm_prefetch(reinterpret_cast<const char*>(rows + b0 * 16 + 4096), _MM_HINT_T0);
+        lo[r] = _mm512_permutexvar_epi8(bytes, table);
+        hi[r] = _mm512_permutexvar_epi8(_mm512_srli_epi16(bytes, 4), table);
+      }
+      for (int64_t j = 0; j < M; ++j) {
+        const int8_t* qj = x.q.data() + (j0 + j) * x.qn + chunk * kChunk;
+        const __m512i qe = _mm512_loadu_si512(qj), qo = _mm512_loadu_si512(qj + 64);
+        const __m512i cj = _mm512_loadu_si512(x.corr.data() + (j0 + j) * x.cn + chunk * 16);
+        for (int64_t r = 0; r < R; ++r) {
+          const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(cj, lo[r], qe), hi[r], qo);
+          acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(spread[c4], comb[r][j]),
+                                      acc[r][j]);
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < M; ++j) out[j * ldo + r] = _mm512_reduce_add_ps(acc[r][j]);
+}
+#endif
+
+// out[j * R + r] = dot(row o0 + r of W, quantized row j0 + j of x) for r < R <= 4 and j < m.
+void q8_rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int64_t G, const Q8Rows& x,
+                     int64_t j0, int64_t m, float* out) {
+  const uint8_t* rows = B + o0 * G * 16;
+  const uint8_t* scales = S + o0 * G;
+#ifdef OSSAI_VNNI
+  for (int64_t t0 = 0; t0 < m; t0 += kRowsX) {
+    float* y = out + t0 * R;
+    const int64_t mt = std::min(kRowsX, m - t0);
+    if (R == 4 && mt > 1) {
+      switch (mt) {
+        case 4: q8_tile_vnni<4, 4>(rows, scales, x, j0 + t0, y, 4); break;
+        case 3: q8_tile_vnni<4, 3>(rows, scales, x, j0 + t0, y, 4); break;
+        case 2: q8_tile_vnni<4, 2>(rows, scales, x, j0 + t0, y, 4); break;
+        default: q8_tile_vnni<4, 1>(rows, scales, x, j0 + t0, y, 4); break;
+      }
+      continue;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < mt; ++j)
+        q8_tile_vnni<1, 1>(rows + r * G * 16, scales + r * G, x, j0 + t0 + j, y + j * R + r, R);
+    }
+  }
+#else
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < m; ++j) out[j * R + r] = q8_dot(rows + r * G * 16, scales + r * G, x, j0 + j);
+#endif
 }
 
 // Element i of a bf16 or fp32 tensor's data, as float.
@@ -471,11 +629,12 @@ void check_float_or_bf16(const torch::Tensor& t, const char* name) {
 // The whole mixture-of-experts block but its norm and residual, in four parallel regions: router logits;
 // every active expert's mlp1 with its bias and the clamped SwiGLU; mlp2 with its bias; each token's
 // weighted sum. Tokens are grouped by expert, so each selected expert's packed weights are read once per
-// call for all its tokens, and a work item is a tile of 4 weight rows of one expert.
+// call for all its tokens, and a work item is a tile of 4 weight rows of one expert. With int8, the experts'
+// inputs (x and the SwiGLU output) are rounded to int8 per 32 values first (the Q8Rows section).
 // Reference: MLPBlock.route + MLPBlock.experts in ossai/model/transformer.py.
 torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate_bias, int64_t top_k,
                   torch::Tensor w1_blocks, torch::Tensor w1_scales, torch::Tensor b1, torch::Tensor w2_blocks,
-                  torch::Tensor w2_scales, torch::Tensor b2, double limit, double alpha) {
+                  torch::Tensor w2_scales, torch::Tensor b2, double limit, double alpha, bool int8) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [n, H]");
   const int64_t n = x.size(0), H = x.size(1), E = gate_weight.size(0);
   TORCH_CHECK(gate_weight.dim() == 2 && gate_weight.size(1) == H, "gate_weight must be [E, H]");
@@ -559,14 +718,23 @@ torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate
   const int64_t slots = start.back();
   std::vector<int64_t> slot_token(slots), slot_rank(slots);
   std::vector<float> slot_weight(slots);
-  std::vector<float> xin(slots * H);  // each slot's row of x, laid out for the product
+  // each slot's row of x, laid out for the product: fp32, or rounded to int8 once per token
+  std::vector<float> xin(int8 ? 0 : slots * H);
+  Q8Rows qin(G1, int8 ? slots : 0), qtok(G1, int8 ? n : 0);
+  if (int8) at::parallel_for(0, n, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) qtok.quantize(t, X + t * H);
+  });
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t a = 0; a < top_k; ++a) {
       const int64_t s = first[chosen[t * top_k + a]]++;
       slot_token[s] = t;
       slot_rank[s] = a;
       slot_weight[s] = gate[t * top_k + a];
-      for (int64_t k = 0; k < H; ++k) xin[s * H + x_slot(k)] = X[t * H + k];
+      if (int8) {
+        qin.copy_row(s, qtok, t);
+      } else {
+        for (int64_t k = 0; k < H; ++k) xin[s * H + x_slot(k)] = X[t * H + k];
+      }
     }
   }
   const bool b1_16 = b1.scalar_type() == torch::kBFloat16, b2_16 = b2.scalar_type() == torch::kBFloat16;
@@ -578,25 +746,44 @@ torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate
   const uint8_t* S2 = w2_scales.data_ptr<uint8_t>();
   const float lim = static_cast<float>(limit), alf = static_cast<float>(alpha);
 
+  // the tile products of one expert matrix (W, S: all experts' [E, rows, G, 16] / [E, rows, G]) against
+  // the slots' rows, fp32 (X laid out by x_slot) or int8 (Q)
+  auto product = [int8](const uint8_t* W, const uint8_t* S, int64_t rows, int64_t G, const float* X,
+                        const Q8Rows& Q) {
+    return [=, &Q](int64_t e, int64_t o0, int64_t R, int64_t s0, int64_t m, float* tile, float* scratch) {
+      if (int8) {
+        q8_rows_product(W + e * rows * G * 16, S + e * rows * G, o0, R, G, Q, s0, m, tile);
+      } else {
+        rows_product(W + e * rows * G * 16, S + e * rows * G, o0, R, G, X + s0 * G * 32, m, tile, scratch);
+      }
+    };
+  };
+  const int64_t scratch1 = int8 ? 0 : scratch_floats(slots, H), scratch2 = int8 ? 0 : scratch_floats(slots, I);
+
   // 2. mlp1 + bias + SwiGLU into act [slots, I], 4 weight rows (2 gate/linear pairs) per work item.
   std::vector<float> act(slots * I);
-  expert_tiles(I2, G1, W1, S1, xin.data(), active, start, [&](int64_t k, int64_t e, int64_t o0, int64_t R,
-                                                              int64_t m, const float* tile) {
+  expert_tiles(I2, active, start, scratch1, product(W1, S1, I2, G1, xin.data(), qin),
+               [&](int64_t k, int64_t e, int64_t o0, int64_t R, int64_t m, const float* tile) {
     for (int64_t j = 0; j < m; ++j) {
       for (int64_t r = 0; r < R; r += 2) {
         float glu = tile[j * R + r] + element(B1, b1_16, e * I2 + o0 + r);
         float lin = tile[j * R + r + 1] + element(B1, b1_16, e * I2 + o0 + r + 1);
         glu = std::min(glu, lim);
         lin = std::min(std::max(lin, -lim), lim);
-        act[(start[k] + j) * I + x_slot((o0 + r) / 2)] = glu / (1.0f + std::exp(-alf * glu)) * (lin + 1.0f);
+        const int64_t col = int8 ? (o0 + r) / 2 : x_slot((o0 + r) / 2);  // Q8Rows has its own layout
+        act[(start[k] + j) * I + col] = glu / (1.0f + std::exp(-alf * glu)) * (lin + 1.0f);
       }
     }
+  });
+  Q8Rows qact(G2, int8 ? slots : 0);
+  if (int8) at::parallel_for(0, slots, 8, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) qact.quantize(s, act.data() + s * I);
   });
 
   // 3. mlp2 + bias into y [slots, H].
   std::vector<float> y(slots * H);
-  expert_tiles(H, G2, W2, S2, act.data(), active, start, [&](int64_t k, int64_t e, int64_t o0, int64_t R,
-                                                             int64_t m, const float* tile) {
+  expert_tiles(H, active, start, scratch2, product(W2, S2, H, G2, act.data(), qact),
+               [&](int64_t k, int64_t e, int64_t o0, int64_t R, int64_t m, const float* tile) {
     for (int64_t j = 0; j < m; ++j)
       for (int64_t r = 0; r < R; ++r)
         y[(start[k] + j) * H + o0 + r] = tile[j * R + r] + element(B2, b2_16, e * H + o0 + r);
@@ -868,7 +1055,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe", &moe, "the mixture-of-experts block (router, experts, SwiGLU, weighted sum) without norm or residual",
         py::arg("x"), py::arg("gate_weight"), py::arg("gate_bias"), py::arg("top_k"), py::arg("w1_blocks"),
         py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
-        py::arg("limit"), py::arg("alpha"), py::call_guard<py::gil_scoped_release>());
+        py::arg("limit"), py::arg("alpha"), py::arg("int8") = false, py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "attention with sinks and a sliding window over a paged KV pool",
         py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("sinks"), py::arg("q_pos"),
         py::arg("row_start"), py::arg("key_slots"), py::arg("key_pos"), py::arg("key_start"), py::arg("window"),
