@@ -144,21 +144,22 @@ def test_moe_rejects_bad_shapes(kernels):
 
 
 @pytest.mark.parametrize(
-    ("queries", "window", "kv_heads", "groups"),
+    ("queries", "window", "kv_heads", "groups", "d"),
     [
-        ([(1, 1)], None, 1, 1),  # the first token of a sequence
-        ([(1, 300), (1, 129), (1, 128), (1, 5)], 128, 8, 8),  # decode, around the window's edge
-        ([(7, 140), (1, 60)], 128, 2, 4),  # a chunk of 7 crossing the window, next to a decode
-        ([(1000, 1000)], None, 1, 2),  # a 1,000-token prompt
-        ([(1000, 1000)], 128, 2, 2),
-        ([(3, 10), (2, 200), (1, 33)], None, 4, 1),
+        ([(1, 1)], None, 1, 1, 64),  # the first token of a sequence
+        ([(1, 300), (1, 129), (1, 128), (1, 5)], 128, 8, 8, 64),  # decode, around the window's edge
+        ([(7, 140), (1, 60)], 128, 2, 4, 64),  # a chunk of 7 crossing the window, next to a decode
+        ([(1000, 1000)], None, 1, 2, 64),  # a 1,000-token prompt
+        ([(1000, 1000)], 128, 2, 2, 64),
+        ([(3, 10), (2, 200), (1, 33)], None, 4, 1, 64),
+        ([(1, 300), (2, 40)], 128, 2, 4, 48),  # another head dim: the generic loop, not the 64-wide path
     ],
 )
-def test_paged_attention_matches_reference(kernels, queries, window, kv_heads, groups):
+def test_paged_attention_matches_reference(kernels, queries, window, kv_heads, groups, d):
     """Each sequence = (its new query rows, its length); keys sit at scattered pool slots, as blocks do.
     The kernel over all sequences at once against layers.attention per sequence."""
     g = torch.Generator().manual_seed(len(queries) * 31 + kv_heads)
-    d, heads = 64, kv_heads * groups
+    heads = kv_heads * groups
     total = sum(length for _, length in queries)
     pool_slots = total + 50
     k_pool = torch.randn(pool_slots, kv_heads, d, generator=g)
