@@ -11,8 +11,8 @@ import logging
 
 import torch
 
-from ossai.config import SWIGLU_ALPHA
-from ossai.model.layers import linear, visible_keys
+from ossai.config import RMS_NORM_EPS, SWIGLU_ALPHA
+from ossai.model.layers import linear, rms_norm, visible_keys
 from ossai.model.transformer import MLPBlock, Transformer, mxfp4_linear
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
         module = cpu.load()
         if module is not None:
             install_cpu(model, module)
-            swapped += ["cpu.moe", "cpu.mxfp4_linear", "cpu.bf16_linear"]
+            swapped += ["cpu.moe", "cpu.mxfp4_linear", "cpu.bf16_linear", "cpu.rms_norm", "cpu.rope"]
     if device.type == "cuda":
         from ossai.kernels import triton_moe
 
@@ -48,19 +48,24 @@ def install_cpu(model: Transformer, module) -> None:
     """Point the model's ops at `module`'s kernels (the extension, or a stand-in with the same functions,
     as the step profiler's timed wrappers)."""
     dense = _decode_dense(module.bf16_linear)
+    norm = _fused_norm(module.rms_norm)
     experts = _fused_mxfp4(module.mxfp4_linear)
     mix = _fused_moe(module.moe)
     for mlp in model.mlp:
         mlp.mxfp4_linear = experts
         mlp.dense = dense
+        mlp.norm = norm
         mlp.mix = mix
     for attn in model.attn:
         attn.dense = dense
+        attn.norm = norm
         weight = consecutive_rows(attn.q_weight, attn.k_weight, attn.v_weight)
         bias = consecutive_rows(attn.q_bias, attn.k_bias, attn.v_bias)
         if weight is not None and bias is not None:
             attn.qkv = weight, bias
     model.dense = dense
+    model.norm = norm
+    model.rotary.kernel = module.rope
 
 
 def consecutive_rows(*parts: torch.Tensor) -> torch.Tensor | None:
@@ -169,6 +174,17 @@ def _guarded(fast):
         return mlp.reference_mix(t)
 
     return mix
+
+
+def _fused_norm(kernel):
+    """`layers.rms_norm` in one call for fp32 rows (a decode step's norms cost ~8 torch ops each)."""
+
+    def norm(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and x.dim() == 2:
+            return kernel(x, scale, RMS_NORM_EPS)
+        return rms_norm(x, scale)
+
+    return norm
 
 
 def _decode_dense(kernel):

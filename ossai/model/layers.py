@@ -7,6 +7,7 @@ G = query heads per kv head, D = head dim, E = experts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,8 @@ class Rotary:
         self.concentration = concentration
         self.inv_freq = inv_freq.to(self.device)
         self._extend(max_positions or 4096)
+        # kernels.accelerate() may set a fused op, called as kernel(x, cos, sin, positions) for fp32 x
+        self.kernel: Callable[..., torch.Tensor] | None = None
 
     @staticmethod
     def concentration_and_inv_freq(config: ModelConfig) -> tuple[float, torch.Tensor]:
@@ -77,6 +80,8 @@ class Rotary:
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if needed > self._cos.shape[0]:
             self._extend(max(needed, 2 * self._cos.shape[0]))
+        if self.kernel is not None and x.dtype == torch.float32:
+            return self.kernel(x, self._cos, self._sin, positions)
         cos = self._cos[positions].unsqueeze(1).to(x.dtype)  # [T, 1, D/2]
         sin = self._sin[positions].unsqueeze(1).to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)

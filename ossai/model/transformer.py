@@ -52,6 +52,7 @@ class AttentionBlock(nn.Module):
                      "sinks", "out.weight", "out.bias"):  # fmt: skip
             self.register_buffer(name.replace(".", "_"), get(f"{p}.{name}"), persistent=False)
         self.dense = linear  # bf16-weight products; kernels.accelerate() swaps in a fast op
+        self.norm = rms_norm  # ...and here a fused one
         # kernels.accelerate() sets (weight, bias) of q, k and v as one matrix when the checkpoint stores
         # them so (the original layout's fused qkv): one product instead of three
         self.qkv: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -63,7 +64,7 @@ class AttentionBlock(nn.Module):
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        t = rms_norm(x, self.norm_scale)
+        t = self.norm(x, self.norm_scale)
         n = x.shape[0]
         if self.qkv is not None:
             kv = self.k_weight.shape[0]
@@ -106,6 +107,7 @@ class MLPBlock(nn.Module):
         self.int8_activations = int8_activations
         self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
         self.dense = linear
+        self.norm = rms_norm
         # kernels.accelerate() sets a fused block, called as mix(self, t) (None: reference_mix)
         self.mix: Callable[[MLPBlock, torch.Tensor], torch.Tensor] | None = None
 
@@ -144,7 +146,7 @@ class MLPBlock(nn.Module):
         return self.experts(t, *self.route(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = rms_norm(x, self.norm_scale)
+        t = self.norm(x, self.norm_scale)
         return x + (self.mix(self, t) if self.mix is not None else self.reference_mix(t))
 
 
@@ -163,6 +165,7 @@ class Transformer(nn.Module):
         self.register_buffer("norm_scale", get("norm.scale"), persistent=False)
         self.register_buffer("unembedding", get("unembedding.weight"), persistent=False)
         self.dense = linear
+        self.norm = rms_norm
         self.rotary = Rotary(config)
         self.attn = nn.ModuleList(
             AttentionBlock(config, n, get, self.rotary) for n in range(config.num_hidden_layers)
@@ -198,7 +201,7 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and unembedding: [T, H] -> [T, vocab] fp32, in vocab chunks."""
-        t = rms_norm(hidden, self.norm_scale)
+        t = self.norm(hidden, self.norm_scale)
         out = torch.empty(t.shape[0], self.config.vocab_size, dtype=torch.float32, device=t.device)
         for start in range(0, self.config.vocab_size, UNEMBED_CHUNK):
             rows = self.unembedding[start : start + UNEMBED_CHUNK]

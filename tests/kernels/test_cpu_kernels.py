@@ -69,14 +69,18 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, moe_int8):
         a.dense is engine.model.dense for a in engine.model.attn
     )
     assert all(m.mix is not None for m in engine.model.mlp)
+    assert engine.model.rotary.kernel is not None and all(
+        a.norm is not layers.rms_norm for a in engine.model.attn
+    )
     assert all(a.qkv is not None for a in engine.model.attn)  # the original layout stores qkv fused
     prompt = list(range(1000, 1100))
     params = SamplingParams(max_tokens=64, temperature=0.0)
     fast = list(engine.generate(prompt, params))
     for m in engine.model.mlp:
         m.mxfp4_linear, m.dense, m.mix = transformer.mxfp4_linear, layers.linear, None  # the reference
-    for module in [*engine.model.attn, engine.model]:
-        module.dense = layers.linear
+    for module in [*engine.model.attn, *engine.model.mlp, engine.model]:
+        module.dense, module.norm = layers.linear, layers.rms_norm
+    engine.model.rotary.kernel = None
     for a in engine.model.attn:
         a.qkv = None
     engine.runner.attention_kernel = engine.runner.prefill_attention = None  # `layers.attention` per sequence
@@ -130,6 +134,34 @@ def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediat
     )  # fmt: skip
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize(("rows", "hidden"), [(1, 2880), (7, 64), (130, 96)])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+def test_rms_norm_matches_reference(kernels, rows, hidden, scale_dtype):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, hidden, generator=g) * 3
+    scale = (1 + 0.2 * torch.randn(hidden, generator=g)).to(scale_dtype)
+    got = kernels.rms_norm(x, scale, 1e-5)
+    assert torch.allclose(got, layers.rms_norm(x, scale), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="scale"):
+        kernels.rms_norm(x, scale[:-1], 1e-5)
+
+
+@pytest.mark.parametrize(("tokens", "heads"), [(1, 64), (1, 8), (9, 3)])
+def test_rope_matches_reference(kernels, tiny, tokens, heads):
+    """At positions past the table's first 4096 (the reference extends it) and scattered ones."""
+    from ossai.model.weights import Checkpoint
+
+    rotary = layers.Rotary(Checkpoint.open(tiny).config)
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, heads, rotary.config.head_dim, generator=g)
+    positions = torch.randint(0, 5000, (tokens,), generator=g)
+    expected = rotary(x, positions)  # extends the tables to cover the positions
+    got = kernels.rope(x, rotary._cos, rotary._sin, positions)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="outside the rotary table"):
+        kernels.rope(x, rotary._cos, rotary._sin, positions + rotary._cos.shape[0])
 
 
 def test_moe_rejects_bad_shapes(kernels):

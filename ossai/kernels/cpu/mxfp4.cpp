@@ -1153,6 +1153,91 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_pool, torch::Tens
   return out;
 }
 
+// t * rsqrt(mean(t^2) + eps) * scale per row, for fp32 rows and a bf16 or fp32 scale: one call instead of
+// the reference's eight ops, which cost more than the arithmetic for a decode step's single row.
+// Reference: layers.rms_norm.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor scale, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [n, H]");
+  const int64_t n = x.size(0), H = x.size(1);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == H, "scale must be [H]");
+  check_float_or_bf16(scale, "scale");
+  auto xc = x.contiguous();
+  auto sc = scale.contiguous();
+  auto out = torch::empty_like(xc);
+  const float* X = xc.data_ptr<float>();
+  float* Y = out.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  const bool bf16 = sc.scalar_type() == torch::kBFloat16;
+  const uint16_t* g16 = bf16 ? reinterpret_cast<const uint16_t*>(sc.data_ptr()) : nullptr;
+  const float* g32 = bf16 ? nullptr : sc.data_ptr<float>();
+  auto row = [&](int64_t r) {
+    const float* xr = X + r * H;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < H; ++c) ss += xr[c] * xr[c];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(H) + e);
+    float* yr = Y + r * H;
+    if (bf16) {
+#pragma omp simd
+      for (int64_t c = 0; c < H; ++c) {
+        const uint32_t bits = static_cast<uint32_t>(g16[c]) << 16;
+        float gc;
+        std::memcpy(&gc, &bits, sizeof gc);
+        yr[c] = xr[c] * inv * gc;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < H; ++c) yr[c] = xr[c] * inv * g32[c];
+    }
+  };
+  if (n == 1) {  // a decode step: no parallel region
+    row(0);
+  } else {
+    at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) row(r);
+    });
+  }
+  return out;
+}
+
+// YaRN rotary embedding of x [T, heads, D] (half-split layout) at `positions`, from the tables cos, sin
+// [P, D/2] (concentration folded in), in one call. Reference: layers.Rotary.__call__.
+torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32, "x must be float32 [T, heads, D]");
+  const int64_t T = x.size(0), Hh = x.size(1), D = x.size(2), half = D / 2;
+  TORCH_CHECK(D % 2 == 0 && cos.dim() == 2 && cos.size(1) == half && sin.sizes() == cos.sizes() &&
+                  cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32,
+              "cos and sin must be float32 [positions, D/2]");
+  TORCH_CHECK(positions.scalar_type() == torch::kInt64 && positions.numel() == T, "positions must be int64 [T]");
+  auto xc = x.contiguous();
+  auto cc = cos.contiguous();
+  auto sn = sin.contiguous();
+  auto pc = positions.contiguous();
+  const int64_t* P = pc.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(P[t] >= 0 && P[t] < cc.size(0), "position ", P[t], " is outside the rotary table");
+  auto out = torch::empty_like(xc);
+  const float* X = xc.data_ptr<float>();
+  float* Y = out.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* c = cc.data_ptr<float>() + P[t] * half;
+      const float* s = sn.data_ptr<float>() + P[t] * half;
+      for (int64_t h = 0; h < Hh; ++h) {
+        const float* x1 = X + (t * Hh + h) * D;
+        const float* x2 = x1 + half;
+        float* y1 = Y + (t * Hh + h) * D;
+        float* y2 = y1 + half;
+        for (int64_t i = 0; i < half; ++i) {
+          y1[i] = x1[i] * c[i] - x2[i] * s[i];
+          y2[i] = x2[i] * c[i] + x1[i] * s[i];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // the GIL is released: the server's event loop keeps serving while a step runs
   m.def("bf16_linear", &bf16_linear, "y = x @ W^T + b for bf16 W, fp32 x (fp32 accumulation)", py::arg("x"),
@@ -1163,6 +1248,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("gate_weight"), py::arg("gate_bias"), py::arg("top_k"), py::arg("w1_blocks"),
         py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
         py::arg("limit"), py::arg("alpha"), py::arg("int8") = false, py::call_guard<py::gil_scoped_release>());
+  m.def("rms_norm", &rms_norm, "t * rsqrt(mean(t^2) + eps) * scale per row (fp32)", py::arg("x"),
+        py::arg("scale"), py::arg("eps"), py::call_guard<py::gil_scoped_release>());
+  m.def("rope", &rope, "rotary embedding from cos/sin tables at the given positions (fp32)", py::arg("x"),
+        py::arg("cos"), py::arg("sin"), py::arg("positions"), py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "attention with sinks and a sliding window over a paged KV pool",
         py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("sinks"), py::arg("q_pos"),
         py::arg("row_start"), py::arg("key_slots"), py::arg("key_pos"), py::arg("key_start"), py::arg("window"),
