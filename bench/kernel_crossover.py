@@ -1,5 +1,6 @@
-"""Timings that set the CPU kernels' dispatch: the fused MoE block against the grouped reference path,
-the MXFP4 product against dequantize-then-GEMM, paged attention against the per-sequence reference.
+"""Timings that set the CPU kernels' dispatch: the fused MoE block (exact, and with int8 inputs) against
+the grouped reference path, the MXFP4 product against dequantize-then-GEMM, paged attention against the
+per-sequence reference.
 
     python bench/kernel_crossover.py CHECKPOINT [--threads 2] [--layer 1]
 
@@ -84,16 +85,21 @@ def main() -> None:
     for rows in (1, 8, 16, 64, 512):
         x = torch.randn(rows, hidden, generator=g)
         reps = 20 if rows <= 16 else 2
-        fused = ms(
-            lambda x=x: module.moe(
+
+        def fused(x=x, int8=False):
+            return module.moe(
                 x, mlp.gate_weight, mlp.gate_bias, mlp.top_k, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales,
                 mlp.mlp1_bias, mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, mlp.limit,
-                SWIGLU_ALPHA,
-            ),
-            reps,
-        )  # fmt: skip
+                SWIGLU_ALPHA, int8,
+            )  # fmt: skip
+
+        exact, int8 = ms(fused, reps), ms(lambda: fused(int8=True), reps)
         reference = ms(lambda x=x: mlp.reference_mix(x), reps)
-        print(f"moe, {rows} rows: fused {fused:.1f} ms, grouped reference {reference:.1f} ms", flush=True)
+        print(
+            f"moe, {rows} rows: fused {exact:.1f} ms, fused with int8 inputs {int8:.1f} ms, "
+            f"grouped reference {reference:.1f} ms",
+            flush=True,
+        )
     blocks, scales = mlp.mlp1_weight_blocks[0], mlp.mlp1_weight_scales[0]
     for rows in (16, 32, 64, 128):
         x = torch.randn(rows, hidden, generator=g)

@@ -39,6 +39,22 @@ def test_generate_seed_is_reproducible(tiny):
     assert _generate(*args, "--seed", "8")["tokens"] != first
 
 
+def test_generate_moe_int8_follows_the_int8_engine(tiny):
+    """--moe-int8 reaches the engine: the tokens are the int8 engine's, greedy, which on this prompt part
+    from the exact engine's after 20 tokens."""
+    from ossai.engine import EngineConfig
+
+    prompt = [200006, 1428, 200008, 5000, 6000]
+    args = ["--raw", "--tokens", ",".join(map(str, prompt)), "--max-tokens", "24", "--temperature", "0"]
+    out = _generate(str(tiny), *args, "--moe-int8")
+    engine = Engine.load(tiny, config=EngineConfig(moe_int8=True))
+    assert all(m.int8_activations for m in engine.model.mlp)
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    assert out["tokens"] == list(engine.generate(prompt, params))
+    engine.close()
+    assert out["tokens"] != _generate(str(tiny), *args)["tokens"]
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ossai.cli", *args], capture_output=True, text=True)
 
