@@ -62,7 +62,7 @@ def timed_kernels(engine: Engine, module=None) -> dict[str, float]:
     if module is None:
         return totals
     names = ("bf16_linear", "mxfp4_linear", "moe", "paged_attention", "rms_norm", "rope")
-    timed_module = SimpleNamespace(**{n: wrap(n, getattr(module, n)) for n in names})
+    timed_module = SimpleNamespace(**{n: wrap(n, getattr(module, n)) for n in names if hasattr(module, n)})
     kernels.install_cpu(engine.model, timed_module)  # the model holds closures: swap again, timed
     runner = engine.runner
     if runner.attention_kernel is not None:

@@ -370,8 +370,8 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
         def close(self) -> None:
             seen["closed"] = True
 
-    def load(cls, path: str, device: str, threads: int | None) -> FakeEngine:
-        seen.update(path=path, device=device, threads=threads)
+    def load(cls, path: str, config) -> FakeEngine:
+        seen.update(path=path, device=config.device, threads=config.threads, moe_int8=config.moe_int8)
         return FakeEngine()
 
     def fake_run_chat(generate, options: ChatOptions, *, model: str, tools=None) -> int:
@@ -397,7 +397,7 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
         "--seed",
         "3",
     ]
-    for flag, show in [([], None), (["--show-reasoning"], True), (["--hide-reasoning"], False)]:
+    for flag, show in [([], None), (["--show-reasoning", "--moe-int8"], True), (["--hide-reasoning"], False)]:
         seen.clear()
         result = CliRunner().invoke(app, [*args, *flag, "--threads", "2"])
         assert result.exit_code == 1, result.output  # run_chat's status
@@ -406,6 +406,7 @@ def test_the_command_passes_its_options_and_closes_the_engine(monkeypatch):
             "path": "m",
             "device": "cpu",
             "threads": 2,
+            "moe_int8": "--moe-int8" in flag,
             "options": expected,
             "model": "m",
             "tools": None,  # no --tools

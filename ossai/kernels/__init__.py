@@ -30,6 +30,10 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
         module = cpu.load()
         if module is not None:
             install_cpu(model, module)
+            if model.mlp[0].int8_activations and module.int8_path == "portable":
+                log.warning(
+                    "kernels: this CPU has no SIMD int8 path; --moe-int8 is slower than the exact path"
+                )
             swapped += ["cpu.moe", "cpu.mxfp4_linear", "cpu.bf16_linear", "cpu.rms_norm", "cpu.rope"]
     if device.type == "cuda":
         from ossai.kernels import triton_moe
@@ -48,7 +52,8 @@ def install_cpu(model: Transformer, module) -> None:
     """Point the model's ops at `module`'s kernels (the extension, or a stand-in with the same functions,
     as the step profiler's timed wrappers)."""
     dense = _decode_dense(module.bf16_linear)
-    norm = _fused_norm(module.rms_norm)
+    # getattr: the step profiler may install an older build without these
+    norm = _fused_norm(module.rms_norm) if hasattr(module, "rms_norm") else rms_norm
     experts = _fused_mxfp4(module.mxfp4_linear)
     mix = _fused_moe(module.moe)
     for mlp in model.mlp:
@@ -65,7 +70,7 @@ def install_cpu(model: Transformer, module) -> None:
             attn.qkv = weight, bias
     model.dense = dense
     model.norm = norm
-    model.rotary.kernel = module.rope
+    model.rotary.kernel = getattr(module, "rope", None)
 
 
 def consecutive_rows(*parts: torch.Tensor) -> torch.Tensor | None:
@@ -148,7 +153,8 @@ def _fused_moe(kernel):
         if t.dtype == torch.float32 and all(w.is_contiguous() for w in packed):
             return kernel(
                 t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, packed[0], packed[1], mlp.mlp1_bias,
-                packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA, mlp.int8_activations,
+                packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA,
+                *((True,) if mlp.int8_activations else ()),  # builds before int8 take 12 arguments
             )  # fmt: skip
         return mlp.reference_mix(t)
 

@@ -80,7 +80,7 @@ class Rotary:
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if needed > self._cos.shape[0]:
             self._extend(max(needed, 2 * self._cos.shape[0]))
-        if self.kernel is not None and x.dtype == torch.float32:
+        if self.kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu":
             return self.kernel(x, self._cos, self._sin, positions)
         cos = self._cos[positions].unsqueeze(1).to(x.dtype)  # [T, 1, D/2]
         sin = self._sin[positions].unsqueeze(1).to(x.dtype)

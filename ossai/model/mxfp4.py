@@ -87,6 +87,6 @@ def round_to_int8_blocks(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] % VALUES_PER_BLOCK:
         raise ValueError(f"int8 blocks need a multiple of {VALUES_PER_BLOCK} values, got {x.shape[-1]}")
     blocks = x.float().unflatten(-1, (-1, VALUES_PER_BLOCK))
-    d = blocks.abs().amax(-1, keepdim=True) / 127.0
-    q = torch.where(d > 0, torch.round(blocks / d.clamp_min(torch.finfo(torch.float32).tiny)), 0.0)
-    return (q * d).flatten(-2).to(x.dtype)
+    d = blocks.abs().amax(-1, keepdim=True) / 127.0  # NaN or inf in a block make all of it NaN below
+    q = torch.round(blocks / d.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
+    return (torch.where(d > 0, q, 0.0) * d).flatten(-2).to(x.dtype)

@@ -121,6 +121,7 @@ class MLPBlock(nn.Module):
         """Sum over each token's experts of weight * expert(t). Tokens are grouped by expert so each
         selected expert's weights are read once per call, for all its tokens."""
         out = torch.zeros(t.shape, dtype=torch.float32, device=t.device)  # [T, H]
+        inputs = mxfp4.round_to_int8_blocks(t) if self.int8_activations else t
         flat = idx.flatten()  # [T*A]
         order = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=self.mlp1_bias.shape[0]).tolist()
@@ -133,8 +134,7 @@ class MLPBlock(nn.Module):
             tokens = slots // self.top_k
             w1 = (self.mlp1_weight_blocks[expert], self.mlp1_weight_scales[expert], self.mlp1_bias[expert])
             w2 = (self.mlp2_weight_blocks[expert], self.mlp2_weight_scales[expert], self.mlp2_bias[expert])
-            x = mxfp4.round_to_int8_blocks(t[tokens]) if self.int8_activations else t[tokens]
-            h = swiglu(self.mxfp4_linear(x, *w1), self.limit)  # [n, 2I] -> [n, I]
+            h = swiglu(self.mxfp4_linear(inputs[tokens], *w1), self.limit)  # [n, 2I] -> [n, I]
             if self.int8_activations:
                 h = mxfp4.round_to_int8_blocks(h)
             y = self.mxfp4_linear(h, *w2)  # [n, H]

@@ -9,7 +9,7 @@ from ossai import kernels as kernels_pkg
 from ossai.config import SWIGLU_ALPHA
 from ossai.engine import Engine, EngineConfig, SamplingParams
 from ossai.kernels import cpu
-from ossai.model import layers, transformer
+from ossai.model import layers, mxfp4, transformer
 from tests.kernels.conftest import moe_block
 
 
@@ -22,17 +22,21 @@ def kernels(request):
 
 @pytest.mark.parametrize(
     ("rows", "out_features", "in_features"),
-    [(1, 64, 64), (7, 96, 128), (16, 5760, 2880), (3, 33, 32), (9, 35, 64)],
+    [(1, 64, 64), (7, 96, 128), (16, 5760, 2880), (3, 33, 32), (9, 35, 64), (5, 7, 2912), (1, 9, 96)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_mxfp4_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_mxfp4_linear_matches_reference(kernels, rows, out_features, in_features, with_bias, int8):
+    """int8: x rounded to int8 per block on both sides (the MoE's int8 product); 2912 and 96 columns leave
+    part-filled chunks of 4 blocks and groups of 16."""
     g = torch.Generator().manual_seed(rows * out_features)
     blocks = torch.randint(0, 256, (out_features, in_features // 32, 16), dtype=torch.uint8, generator=g)
     scales = torch.randint(110, 135, (out_features, in_features // 32), dtype=torch.uint8, generator=g)
     bias = torch.randn(out_features, generator=g).bfloat16() if with_bias else None
     x = torch.randn(rows, in_features, generator=g)
-    ref = transformer.mxfp4_linear(x, blocks, scales, bias)
-    got = kernels.mxfp4_linear(x, blocks, scales, bias)
+    x[0, :32] = 0.0  # a block of zeros: scale 0
+    ref = transformer.mxfp4_linear(mxfp4.round_to_int8_blocks(x) if int8 else x, blocks, scales, bias)
+    got = kernels.mxfp4_linear(x, blocks, scales, bias, int8)
     assert got.shape == ref.shape
     # same products, fp32 sums in another order
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
@@ -133,7 +137,11 @@ def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediat
         int8,
     )  # fmt: skip
     assert got.shape == ref.shape and got.dtype == torch.float32
-    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    # int8: the SwiGLU output is computed in another order on each side before it is rounded, so an element
+    # may land one int8 step apart, which moves outputs by up to ~0.6% of the largest in these shapes (the
+    # product itself is held to fp32 rounding in test_mxfp4_linear_matches_reference)
+    bound = 1e-2 if int8 else 1e-4
+    assert torch.allclose(got, ref, rtol=1e-4, atol=bound * ref.abs().max().item())
 
 
 @pytest.mark.parametrize(("rows", "hidden"), [(1, 2880), (7, 64), (130, 96)])

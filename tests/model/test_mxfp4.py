@@ -69,3 +69,22 @@ def test_rejects_mismatched_inputs():
         mxfp4.dequantize(torch.zeros(2, 16, dtype=torch.uint8), torch.zeros(3, dtype=torch.uint8))
     with pytest.raises(TypeError):
         mxfp4.dequantize(torch.zeros(2, 16), torch.zeros(2, dtype=torch.uint8))
+
+
+def test_round_to_int8_blocks_is_q8_0():
+    """Per 32 values: scale amax/127, round half to even, back to float; a NaN or inf poisons its block."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 96, generator=g) * 5
+    x[1, 32:64] = 0.0
+    x[2, 5] = float("nan")
+    x[2, 70] = float("inf")
+    y = mxfp4.round_to_int8_blocks(x)
+    step = x[0].view(3, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((y[0].view(3, 32) - x[0].view(3, 32)).abs() <= step / 2 * (1 + 1e-6)).all()
+    assert torch.allclose(y[0].view(3, 32).abs().amax(-1), x[0].view(3, 32).abs().amax(-1))  # code 127
+    codes = y[0].view(3, 32) / step
+    assert torch.allclose(codes, codes.round(), atol=1e-4)  # multiples of the step
+    assert torch.equal(y[1, 32:64], torch.zeros(32))
+    assert y[2, :32].isnan().all() and y[2, 64:].isnan().all() and not y[2, 32:64].isnan().any()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mxfp4.round_to_int8_blocks(torch.randn(2, 40))

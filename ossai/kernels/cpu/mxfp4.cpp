@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -383,8 +384,7 @@ void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int
       switch (m) {
         case 4: mxfp4_tile_avx512<4, 4>(rows, scales, G, x, K, y, 4); break;
         case 3: mxfp4_tile_avx512<4, 3>(rows, scales, G, x, K, y, 4); break;
-        case 2: mxfp4_tile_avx512<4, 2>(rows, scales, G, x, K, y, 4); break;
-        default: mxfp4_tile_avx512<4, 1>(rows, scales, G, x, K, y, 4); break;
+        default: mxfp4_tile_avx512<4, 2>(rows, scales, G, x, K, y, 4); break;  // m == 2
       }
       continue;
     }
@@ -480,13 +480,20 @@ struct Q8Rows {
     for (int64_t g = 0; g < G; ++g) {
       const float* xb = x + g * 32;
       float amax = 0.0f;
-      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      for (int j = 0; j < 32; ++j) amax = std::isnan(xb[j]) ? xb[j] : std::max(amax, std::fabs(xb[j]));
+      int8_t* qb = qi + (g / 4) * kChunk + (g % 4) * 16;
+      if (!std::isfinite(amax)) {  // NaN or inf in the block: the block's products are NaN, as the reference's
+        s[i * sn + g] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const float d = amax / 127.0f;  // x / d, not x * (1/d): the reference rounds the same quotients
       s[i * sn + g] = d * 0.5f;
-      int8_t* qb = qi + (g / 4) * kChunk + (g % 4) * 16;
+      auto round = [d](float v) {  // clamped: with a subnormal d the quotient can pass 127.5
+        return d > 0.0f ? static_cast<int8_t>(std::clamp(std::nearbyint(v / d), -127.0f, 127.0f)) : int8_t{0};
+      };
       for (int j = 0; j < 16; ++j) {
-        qb[j] = d > 0.0f ? static_cast<int8_t>(std::nearbyint(xb[2 * j] / d)) : 0;
-        qb[64 + j] = d > 0.0f ? static_cast<int8_t>(std::nearbyint(xb[2 * j + 1] / d)) : 0;
+        qb[j] = round(xb[2 * j]);
+        qb[64 + j] = round(xb[2 * j + 1]);
       }
     }
     for (int64_t c = 0; c < chunks; ++c) {
@@ -504,20 +511,62 @@ struct Q8Rows {
   }
 };
 
+// One block's exact integer product: the doubled E2M1 values of its 16 bytes against its 32 int8 inputs
+// (qb: the 16 even elements, then at qb + 64 the 16 odd ones).
+inline int32_t q8_block(const uint8_t* block, const int8_t* qb) {
+  int32_t sum = 0;
+  for (int j = 0; j < 16; ++j) sum += kDoubled[block[j] & 15] * qb[j] + kDoubled[block[j] >> 4] * qb[64 + j];
+  return sum;
+}
+
 // dot(weight row, quantized row i of x), any instruction set.
 inline float q8_dot(const uint8_t* row, const uint8_t* row_scales, const Q8Rows& x, int64_t i) {
   const int8_t* qi = x.q.data() + i * x.qn;
   const float* si = x.s.data() + i * x.sn;
   float acc = 0.0f;
   for (int64_t g = 0; g < x.G; ++g) {
-    const uint8_t* block = row + g * 16;
-    const int8_t* qb = qi + (g / 4) * kChunk + (g % 4) * 16;
-    int32_t sum = 0;
-    for (int j = 0; j < 16; ++j) sum += kDoubled[block[j] & 15] * qb[j] + kDoubled[block[j] >> 4] * qb[64 + j];
+    const int32_t sum = q8_block(row + g * 16, qi + (g / 4) * kChunk + (g % 4) * 16);
     acc += static_cast<float>(sum) * (si[g] * kScales.full[row_scales[g]]);
   }
   return acc;
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+// The same with AVX2 (no VNNI), 2 blocks per step: a byte shuffle looks the nibbles up as 2v + 12,
+// vpmaddubsw multiplies them with the int8 inputs into pairwise int16 sums (|sum| <= 2 * 24 * 127, so the
+// even and odd halves add without overflow), vpmaddwd widens to int32, and the correction removes the 12s.
+inline float q8_dot_avx2(const uint8_t* row, const uint8_t* row_scales, const Q8Rows& x, int64_t i) {
+  const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                         12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const int8_t* qi = x.q.data() + i * x.qn;
+  const float* si = x.s.data() + i * x.sn;
+  const int32_t* ci = x.corr.data() + i * x.cn;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= x.G; g += 2) {  // g % 4 is 0 or 2: both blocks lie in one chunk
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
+    const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, nibble));
+    const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble));
+    const int8_t* qc = qi + (g / 4) * kChunk + (g % 4) * 16;
+    const __m256i even = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc)));
+    const __m256i odd = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc + 64)));
+    const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci + (g / 4) * 16 + (g % 4) * 4));
+    const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(even, odd), ones), corr);
+    const __m256 scale = _mm256_setr_m128(_mm_set1_ps(si[g] * kScales.full[row_scales[g]]),
+                                          _mm_set1_ps(si[g + 1] * kScales.full[row_scales[g + 1]]));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), scale, acc);
+  }
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s4 = _mm_hadd_ps(s4, s4);
+  s4 = _mm_hadd_ps(s4, s4);
+  float total = _mm_cvtss_f32(s4);
+  for (; g < x.G; ++g)  // an odd last block
+    total += static_cast<float>(q8_block(row + g * 16, qi + (g / 4) * kChunk + (g % 4) * 16)) *
+             (si[g] * kScales.full[row_scales[g]]);
+  return total;
+}
+#endif
 
 #if defined(OSSAI_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define OSSAI_VNNI 1
@@ -550,7 +599,8 @@ inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Row
     __m512 comb[R][M];  // block scale of W times that of x, for the group's 16 blocks
     for (int64_t r = 0; r < R; ++r) {
       const __m128i e = _mm_maskz_loadu_epi8(smask, scales + r * G + g0);
-      const __m512 ws = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(e), 23));  // 2^(e-127)
+      // 2^(e-127) as float bits (e = 0, never in a real checkpoint, gives 0 instead of 2^-127)
+      const __m512 ws = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(e), 23));
       for (int64_t j = 0; j < M; ++j) comb[r][j] = _mm512_mul_ps(ws, _mm512_loadu_ps(x.s.data() + (j0 + j) * x.sn + g0));
     }
     for (int64_t c4 = 0; c4 < 4 && g0 + 4 * c4 < G; ++c4) {
@@ -594,8 +644,7 @@ void q8_rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, 
       switch (mt) {
         case 4: q8_tile_vnni<4, 4>(rows, scales, x, j0 + t0, y, 4); break;
         case 3: q8_tile_vnni<4, 3>(rows, scales, x, j0 + t0, y, 4); break;
-        case 2: q8_tile_vnni<4, 2>(rows, scales, x, j0 + t0, y, 4); break;
-        default: q8_tile_vnni<4, 1>(rows, scales, x, j0 + t0, y, 4); break;
+        default: q8_tile_vnni<4, 2>(rows, scales, x, j0 + t0, y, 4); break;  // mt == 2
       }
       continue;
     }
@@ -604,6 +653,9 @@ void q8_rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, 
         q8_tile_vnni<1, 1>(rows + r * G * 16, scales + r * G, x, j0 + t0 + j, y + j * R + r, R);
     }
   }
+#elif defined(__AVX2__) && defined(__FMA__)
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < m; ++j) out[j * R + r] = q8_dot_avx2(rows + r * G * 16, scales + r * G, x, j0 + j);
 #else
   for (int64_t r = 0; r < R; ++r)
     for (int64_t j = 0; j < m; ++j) out[j * R + r] = q8_dot(rows + r * G * 16, scales + r * G, x, j0 + j);
@@ -633,7 +685,7 @@ void check_float_or_bf16(const torch::Tensor& t, const char* name) {
 inline __m512 exp_nonpositive(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.0f);
   const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, lo);
+  x = _mm512_max_ps(lo, x);  // this order keeps a NaN score NaN
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts (Cody-Waite)
@@ -663,10 +715,10 @@ inline __m512 sum_lanes_16(const __m512 r[16]) {
 }
 
 // out[g*D : (g+1)*D] = softmax over (keys, sink) of the G query heads q[g] against the n key rows
-// keys[i] (values vals[i]), for one query row and one kv head. scores: G * n floats of scratch.
+// keys[i] (values vals[i]), for one query row and one kv head. Scratch: scores G * n floats, inv G.
 template <int DC>
 void attend_row_avx512(const float* q, int64_t G, const float* const* keys, const float* const* vals, int64_t n,
-                       const float* sinks, float scale, float* scores, float* out) {
+                       const float* sinks, float scale, float* scores, float* inv, float* out) {
   constexpr int D = 16 * DC;
   for (int64_t i0 = 0; i0 < n; i0 += 16) {  // 16 keys at a time, reused from L1 by every query head
     const int64_t m = std::min<int64_t>(16, n - i0);
@@ -682,7 +734,6 @@ void attend_row_avx512(const float* q, int64_t G, const float* const* keys, cons
                             _mm512_mul_ps(sum_lanes_16(r), _mm512_set1_ps(scale)));
     }
   }
-  std::vector<float> inv(G);
   for (int64_t g = 0; g < G; ++g) {  // softmax numerators in place; the sink has no value
     float* sg = scores + g * n;
     float mx = sinks[g];
@@ -901,7 +952,7 @@ torch::Tensor moe(torch::Tensor x, torch::Tensor gate_weight, torch::Tensor gate
 }
 
 torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales,
-                           c10::optional<torch::Tensor> bias) {
+                           c10::optional<torch::Tensor> bias, bool int8) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [n, K]");
   TORCH_CHECK(blocks.dim() == 3 && blocks.size(2) == 16 && blocks.scalar_type() == torch::kUInt8,
               "blocks must be uint8 [O, G, 16]");
@@ -920,6 +971,22 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
   const uint8_t* S = sc.data_ptr<uint8_t>();
   const float* bias_ptr = bf.defined() ? bf.data_ptr<float>() : nullptr;
   float* Y = out.data_ptr<float>();
+
+  if (int8) {  // x rounded to int8 per block, the MoE's int8 product (tested on its own through here)
+    Q8Rows q(G, n);
+    for (int64_t t = 0; t < n; ++t) q.quantize(t, X + t * K);
+    at::parallel_for(0, (O + 3) / 4, 2, [&](int64_t tile_begin, int64_t tile_end) {
+      std::vector<float> tile(4 * n);
+      for (int64_t tile_i = tile_begin; tile_i < tile_end; ++tile_i) {
+        const int64_t o0 = tile_i * 4, R = std::min<int64_t>(4, O - o0);
+        q8_rows_product(B, S, o0, R, G, q, 0, n, tile.data());
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < R; ++r) Y[t * O + o0 + r] = tile[t * R + r];
+      }
+    });
+    add_bias(Y, bias_ptr, n, O);
+    return out;
+  }
 
 #ifdef OSSAI_AVX512
   const std::vector<float> Xd = deinterleave_blocks(X, n, K);
@@ -1113,7 +1180,7 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_pool, torch::Tens
           vals[i] = Vp + (visible[i] * K + h) * D;
         }
         attend_row_avx512<4>(Q + (t * Hq + h * G) * D, G, keys.data(), vals.data(), n, S + h * G, scale,
-                             scores.data(), O + t * Hq * D + h * G * D);
+                             scores.data(), acc.data() /* G floats of it */, O + t * Hq * D + h * G * D);
         continue;
       }
 #endif
@@ -1239,11 +1306,19 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, torch:
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#if defined(OSSAI_VNNI)
+  m.attr("int8_path") = "avx512-vnni";
+#elif defined(__AVX2__) && defined(__FMA__)
+  m.attr("int8_path") = "avx2";
+#else
+  m.attr("int8_path") = "portable";  // scalar: slower than the exact path
+#endif
   // the GIL is released: the server's event loop keeps serving while a step runs
   m.def("bf16_linear", &bf16_linear, "y = x @ W^T + b for bf16 W, fp32 x (fp32 accumulation)", py::arg("x"),
         py::arg("weight"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
-  m.def("mxfp4_linear", &mxfp4_linear, "y = x @ dequant(mxfp4 W)^T + b, fused (fp32)", py::arg("x"),
-        py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
+  m.def("mxfp4_linear", &mxfp4_linear, "y = x @ dequant(mxfp4 W)^T + b, fused (fp32; int8: x rounded to int8)",
+        py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("int8") = false,
+        py::call_guard<py::gil_scoped_release>());
   m.def("moe", &moe, "the mixture-of-experts block (router, experts, SwiGLU, weighted sum) without norm or residual",
         py::arg("x"), py::arg("gate_weight"), py::arg("gate_bias"), py::arg("top_k"), py::arg("w1_blocks"),
         py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
