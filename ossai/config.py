@@ -314,8 +314,9 @@ class EngineConfig:
             (self.max_num_seqs >= 1, "max_num_seqs", "must be at least 1"),
             (self.max_num_batched_tokens >= 16, "max_num_batched_tokens", "must be at least 16"),
             (self.max_model_len is None or self.max_model_len >= 16, "max_model_len", "must be at least 16"),
-            (not (self.moe_int8 and self.device.startswith("cuda")), "moe_int8", "is a CPU option"),
         ]
         for ok, name, rule in checks:
             if not ok:
                 raise BadRequest(f"{name} {rule}, got {getattr(self, name)!r}")
+        if self.moe_int8 and self.device.startswith("cuda"):
+            raise BadRequest(f"moe_int8 (--moe-int8) runs on the CPU only, not on device {self.device!r}")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from ossai.cli import app
@@ -92,3 +93,11 @@ def test_generate_chat_mode_renders_harmony_and_parses_output(tiny):
     # a random model writes no valid harmony: the parser falls back to final text and says so
     assert out["final"] or out["reasoning"]
     assert set(out) >= {"tokens", "text", "reasoning", "final", "prefill_tps", "decode_tps"}
+
+
+def test_moe_int8_is_refused_for_a_gpu():
+    from ossai.engine import EngineConfig
+    from ossai.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="CPU only, not on device 'cuda:1'"):
+        EngineConfig(device="cuda:1", moe_int8=True)
