@@ -156,9 +156,7 @@ class Engine:
         dev = resolve_device(device)
         moe_int8 = config is not None and config.moe_int8
         if moe_int8 and dev.type != "cpu":
-            raise BadRequest(
-                f"int8 MoE activations are a CPU option; {dev} runs the MoE in {default_dtype(dev)}"
-            )
+            raise BadRequest(f"moe_int8 (--moe-int8) runs on the CPU only, not on device {str(dev)!r}")
         n_threads = set_threads(threads)
         checkpoint = Checkpoint.open(path)
         model = Transformer(checkpoint.config, checkpoint.get, dtype or default_dtype(dev), moe_int8)

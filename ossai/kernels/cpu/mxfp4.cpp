@@ -31,6 +31,25 @@ namespace {
 
 constexpr float kFp4[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                             -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+alignas(16) constexpr int8_t kDoubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};  // 2 * kFp4
+
+// 2v + 12 for each doubled value v, four times over (the int8 products' unsigned weights; the byte
+// shuffles and vpermb below look them up by the low 4 bits of an index, so every copy is the same)
+struct Q8Table {
+  alignas(64) uint8_t v[64];
+  constexpr Q8Table() : v{} {
+    for (int i = 0; i < 64; ++i) v[i] = static_cast<uint8_t>(kDoubled[i & 15] + 12);
+  }
+};
+constexpr Q8Table kQ8Table;
+
+// A bf16 value (the top half of an fp32) as float.
+inline float bf16_to_float(uint16_t half) {
+  const uint32_t bits = static_cast<uint32_t>(half) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 struct PairTable {  // byte -> (value of low nibble, value of high nibble)
   float v[256][2];
@@ -101,7 +120,7 @@ inline float hsum(__m256 v) {
 
 // 16 packed bytes -> 32 floats (times 2: the table holds 2x the E2M1 values as int8), times `scale`.
 inline void decode_block(const uint8_t* block, __m256 scale, __m256 w[4]) {
-  const __m128i table = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+  const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(kDoubled));
   const __m128i nibble = _mm_set1_epi8(0x0F);
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
   const __m128i lo = _mm_shuffle_epi8(table, _mm_and_si128(bytes, nibble));
@@ -458,7 +477,6 @@ void expert_tiles(int64_t rows, const std::vector<int64_t>& active, const std::v
 // Reference: mxfp4.round_to_int8_blocks in ossai/model/mxfp4.py applied to the experts' inputs.
 
 constexpr int64_t kChunk = 128;  // values per chunk: 4 blocks, one 64-byte load of packed weights
-constexpr int8_t kDoubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 // Rows of K = G * 32 values rounded to int8, laid out for the product. Per chunk c (blocks 4c..4c+3),
 // q[c*128 + 16*b + j] is element 2j of block 4c+b and q[c*128 + 64 + 16*b + j] element 2j+1 (the order of
@@ -536,8 +554,7 @@ inline float q8_dot(const uint8_t* row, const uint8_t* row_scales, const Q8Rows&
 // vpmaddubsw multiplies them with the int8 inputs into pairwise int16 sums (|sum| <= 2 * 24 * 127, so the
 // even and odd halves add without overflow), vpmaddwd widens to int32, and the correction removes the 12s.
 inline float q8_dot_avx2(const uint8_t* row, const uint8_t* row_scales, const Q8Rows& x, int64_t i) {
-  const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
-                                         12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+  const __m256i table = _mm256_load_si256(reinterpret_cast<const __m256i*>(kQ8Table.v));
   const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const int8_t* qi = x.q.data() + i * x.qn;
   const float* si = x.s.data() + i * x.sn;
@@ -570,12 +587,6 @@ inline float q8_dot_avx2(const uint8_t* row, const uint8_t* row_scales, const Q8
 
 #if defined(OSSAI_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define OSSAI_VNNI 1
-// 2v + 12 for each E2M1 code v, four times over: vpermb reads an index byte's low 6 bits, so a byte looks
-// up its low nibble as it is, and its high nibble after a 16-bit shift right by 4 (bits 4-5 then hold the
-// next byte's bits, which only choose among equal copies).
-alignas(64) constexpr uint8_t kQ8Table[64] = {
-    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
-    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
 // out[j * ldo + r] = dot(row r of W, quantized row j0 + j of x) for R weight rows and M rows of x. A chunk
 // of 4 blocks costs per weight row one load, one shift and two vpermb, and per (row, x row) two vpdpbusd,
@@ -584,7 +595,9 @@ template <int64_t R, int64_t M>
 inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Rows& x, int64_t j0, float* out,
                          int64_t ldo) {
   const int64_t G = x.G;
-  const __m512i table = _mm512_load_si512(kQ8Table);
+  // vpermb reads an index byte's low 6 bits: a byte looks up its low nibble as it is, and its high nibble
+  // after a 16-bit shift right by 4 (bits 4-5 then hold the next byte's bits, which pick among equal copies)
+  const __m512i table = _mm512_load_si512(kQ8Table.v);
   const __m512i spread[4] = {
       _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
       _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
@@ -664,11 +677,7 @@ void q8_rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, 
 
 // Element i of a bf16 or fp32 tensor's data, as float.
 inline float element(const void* data, bool bf16, int64_t i) {
-  if (!bf16) return static_cast<const float*>(data)[i];
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(data)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+  return bf16 ? bf16_to_float(static_cast<const uint16_t*>(data)[i]) : static_cast<const float*>(data)[i];
 }
 
 void check_float_or_bf16(const torch::Tensor& t, const char* name) {
@@ -1246,12 +1255,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor scale, double eps) {
     float* yr = Y + r * H;
     if (bf16) {
 #pragma omp simd
-      for (int64_t c = 0; c < H; ++c) {
-        const uint32_t bits = static_cast<uint32_t>(g16[c]) << 16;
-        float gc;
-        std::memcpy(&gc, &bits, sizeof gc);
-        yr[c] = xr[c] * inv * gc;
-      }
+      for (int64_t c = 0; c < H; ++c) yr[c] = xr[c] * inv * bf16_to_float(g16[c]);
     } else {
 #pragma omp simd
       for (int64_t c = 0; c < H; ++c) yr[c] = xr[c] * inv * g32[c];
