@@ -203,6 +203,28 @@ inline void mxfp4_tile_avx512(const uint8_t* rows, const uint8_t* scales, int64_
     for (int64_t j = 0; j < M; ++j) out[j * ldo + r] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
+// dot(one weight row, one row of x): mxfp4_tile_avx512<1, 1> for decode with four accumulators. With one,
+// every block's two multiply-adds waited on the previous block's (8 cycles of latency per 17 bytes), which
+// bound a decode MoE layer, not the memory.
+inline float mxfp4_row_avx512(const uint8_t* row, const uint8_t* scales, int64_t G, const float* Xd) {
+  const __m512 table = _mm512_load_ps(kFp4Table);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  auto block = [&](int64_t g, __m512& even_acc, __m512& odd_acc) {
+    const __m512 scaled = _mm512_mul_ps(table, _mm512_set1_ps(kScales.full[scales[g]]));
+    const __m512i lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16)));
+    even_acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(lanes, scaled), _mm512_loadu_ps(Xd + g * 32), even_acc);
+    odd_acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(lanes, 4), scaled),
+                              _mm512_loadu_ps(Xd + g * 32 + 16), odd_acc);
+  };
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) {
+    block(g, acc[0], acc[1]);
+    block(g + 1, acc[2], acc[3]);
+  }
+  if (g < G) block(g, acc[0], acc[1]);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
 // R rows of W (from row o) against all n rows of x, written to Y[:, o:o+R] (row stride O).
 template <int64_t R>
 void mxfp4_rows_avx512(const uint8_t* B, const uint8_t* S, int64_t o, int64_t G, const float* Xd, int64_t K,
@@ -412,7 +434,7 @@ void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int
         case 4: mxfp4_tile_avx512<1, 4>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
         case 3: mxfp4_tile_avx512<1, 3>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
         case 2: mxfp4_tile_avx512<1, 2>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
-        default: mxfp4_tile_avx512<1, 1>(rows + r * G * 16, scales + r * G, G, x, K, y + r, R); break;
+        default: y[r] = mxfp4_row_avx512(rows + r * G * 16, scales + r * G, G, x); break;
       }
     }
   }
@@ -642,6 +664,56 @@ inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Row
   for (int64_t r = 0; r < R; ++r)
     for (int64_t j = 0; j < M; ++j) out[j * ldo + r] = _mm512_reduce_add_ps(acc[r][j]);
 }
+// dot(weight row, quantized row i of x): q8_tile_vnni<1, 1> for decode, where one row against one token is
+// the whole tile. The x operands come from hoisted pointers, whole groups of 16 blocks run without masks
+// and two accumulators alternate: the general tile spent its time on index arithmetic and on its single
+// multiply-add chain rather than on the products (perf of a decode MoE layer).
+inline float q8_row_vnni(const uint8_t* row, const uint8_t* row_scales, const Q8Rows& x, int64_t i) {
+  const int64_t G = x.G;
+  const int8_t* q = x.q.data() + i * x.qn;
+  const float* xs = x.s.data() + i * x.sn;
+  const int32_t* corr = x.corr.data() + i * x.cn;
+  const __m512i table = _mm512_load_si512(kQ8Table.v);
+  const __m512i spread[4] = {
+      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+      _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+      _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
+      _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  // 4 blocks from block b: the padding of Q8Rows (zero inputs, corrections and scales) makes the masked
+  // weight bytes of a partial chunk contribute nothing
+  auto chunk = [&](int64_t b, __mmask64 wmask, __m512 scale, __m512& a) {
+    const __m512i bytes = _mm512_maskz_loadu_epi8(wmask, row + b * 16);
+    _mm_prefetch(reinterpret_cast<const char*>(row + b * 16 + 4096), _MM_HINT_T0);  // one stream: 4 KB ahead
+    const __m512i lo = _mm512_permutexvar_epi8(bytes, table);
+    const __m512i hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(bytes, 4), table);
+    const int8_t* qc = q + b / 4 * kChunk;
+    const __m512i d = _mm512_dpbusd_epi32(
+        _mm512_dpbusd_epi32(_mm512_loadu_si512(corr + b / 4 * 16), lo, _mm512_loadu_si512(qc)), hi,
+        _mm512_loadu_si512(qc + 64));
+    a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scale, a);
+  };
+  auto combined = [&](int64_t g0, __mmask16 smask) {  // 2^(e-127) of the weight blocks times x's scales
+    const __m128i e = _mm_maskz_loadu_epi8(smask, row_scales + g0);
+    return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(e), 23)),
+                         _mm512_loadu_ps(xs + g0));
+  };
+  int64_t g0 = 0;
+  for (; g0 + 16 <= G; g0 += 16) {
+    const __m512 comb = combined(g0, 0xFFFF);
+    for (int c4 = 0; c4 < 4; ++c4)
+      chunk(g0 + 4 * c4, ~__mmask64{0}, _mm512_permutexvar_ps(spread[c4], comb), acc[c4 & 1]);
+  }
+  if (g0 < G) {  // the last, partial group
+    const __m512 comb = combined(g0, static_cast<__mmask16>((1u << (G - g0)) - 1));
+    for (int c4 = 0; c4 < 4 && g0 + 4 * c4 < G; ++c4) {
+      const int64_t nbc = std::min<int64_t>(4, G - g0 - 4 * c4);
+      const __mmask64 wmask = nbc == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * nbc)) - 1;
+      chunk(g0 + 4 * c4, wmask, _mm512_permutexvar_ps(spread[c4], comb), acc[c4 & 1]);
+    }
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+}
 #endif
 
 // out[j * R + r] = dot(row o0 + r of W, quantized row j0 + j of x) for r < R <= 4 and j < m.
@@ -661,10 +733,8 @@ void q8_rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, 
       }
       continue;
     }
-    for (int64_t r = 0; r < R; ++r) {
-      for (int64_t j = 0; j < mt; ++j)
-        q8_tile_vnni<1, 1>(rows + r * G * 16, scales + r * G, x, j0 + t0 + j, y + j * R + r, R);
-    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t j = 0; j < mt; ++j) y[j * R + r] = q8_row_vnni(rows + r * G * 16, scales + r * G, x, j0 + t0 + j);
   }
 #elif defined(__AVX2__) && defined(__FMA__)
   for (int64_t r = 0; r < R; ++r)
