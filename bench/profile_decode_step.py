@@ -3,6 +3,7 @@ model, and the engine's own work per step (scheduling, sampling, queues).
 
     python bench/profile_decode_step.py CHECKPOINT [--streams 8] [--context 500] [--threads 2]
                                                    [--steps 8] [--profile] [--json] [--moe-int8]
+                                                   [--fused]
 
 1. `--streams` sequences of `--context` random tokens are prefilled straight through the runner, then
    `--steps` batched decode steps run; every call into the CPU extension is timed (each kernel returns
@@ -11,7 +12,9 @@ model, and the engine's own work per step (scheduling, sampling, queues).
 2. The same number of streams then decodes through the real engine (`Engine.generate` in threads,
    greedy); the engine's time per step minus its `runner.step` time is the scheduler, sampling and
    stream overhead in Python.
-`--profile` adds cProfile's top functions for one step.
+`--profile` adds cProfile's top functions for one step. Part 1 times the kernels one by one, so it runs the
+blocks' Python path; `--fused` times the whole-block calls the engine makes instead (attention_block,
+mlp_block; the glue is then what remains outside them).
 
     python bench/profile_decode_step.py CHECKPOINT --against OLD.cpp [--rounds 4] [--streams 1]
 
@@ -43,7 +46,7 @@ from ossai.engine.sequence import Sequence
 from ossai.kernels import cpu
 
 
-def timed_kernels(engine: Engine, module=None) -> dict[str, float]:
+def timed_kernels(engine: Engine, module=None, fused: bool = False) -> dict[str, float]:
     """Wrap every entry point of the extension (the loaded one unless `module` is given) that the model and
     runner call, and install the wrappers; returns the totals."""
     totals: dict[str, float] = defaultdict(float)
@@ -62,6 +65,8 @@ def timed_kernels(engine: Engine, module=None) -> dict[str, float]:
     if module is None:
         return totals
     names = ("bf16_linear", "mxfp4_linear", "moe", "paged_attention", "rms_norm", "rope")
+    if fused:  # whole blocks in one call each: the kernels inside them are not timed one by one
+        names += ("attention_block", "mlp_block")
     timed_module = SimpleNamespace(**{n: wrap(n, getattr(module, n)) for n in names if hasattr(module, n)})
     kernels.install_cpu(engine.model, timed_module)  # the model holds closures: swap again, timed
     runner = engine.runner
@@ -70,7 +75,9 @@ def timed_kernels(engine: Engine, module=None) -> dict[str, float]:
     return totals
 
 
-def runner_split(engine: Engine, streams: int, context: int, steps: int, profile: bool, module=None) -> dict:
+def runner_split(
+    engine: Engine, streams: int, context: int, steps: int, profile: bool, module=None, fused: bool = False
+) -> dict:
     runner = engine.runner
     g = torch.Generator().manual_seed(0)
     seqs = []
@@ -98,7 +105,7 @@ def runner_split(engine: Engine, streams: int, context: int, steps: int, profile
         return seconds
 
     step()  # warm: every selected expert's pages in, buffers allocated
-    totals = timed_kernels(engine, module)
+    totals = timed_kernels(engine, module, fused)
     wall = sum(step() for _ in range(steps))
     per_kernel = dict(totals)
     if profile:
@@ -180,7 +187,9 @@ def paired(engine: Engine, against, args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {name: [] for name in builds}
     for _ in range(args.rounds):
         for name, module in builds.items():
-            rounds[name].append(runner_split(engine, args.streams, args.context, args.steps, False, module))
+            rounds[name].append(
+                runner_split(engine, args.streams, args.context, args.steps, False, module, args.fused)
+            )
 
     def median(name: str, key) -> float:
         return round(statistics.median(key(r) for r in rounds[name]), 2)
@@ -214,6 +223,7 @@ def main() -> None:
     parser.add_argument("--against", metavar="SRC", help="another mxfp4.cpp: paired rounds against it")
     parser.add_argument("--rounds", type=int, default=4, help="paired rounds with --against")
     parser.add_argument("--moe-int8", action="store_true", help="the experts' inputs rounded to int8")
+    parser.add_argument("--fused", action="store_true", help="time the whole-block calls the engine makes")
     args = parser.parse_args()
     against = build_against(args.against) if args.against else None
     engine = Engine.load(
@@ -229,7 +239,9 @@ def main() -> None:
                 "context": args.context,
                 "threads": args.threads,
                 "engine": engine_split(engine, args.streams, args.context, args.tokens),
-                "step": runner_split(engine, args.streams, args.context, args.steps, args.profile),
+                "step": runner_split(
+                    engine, args.streams, args.context, args.steps, args.profile, fused=args.fused
+                ),
             }
     finally:
         engine.close()

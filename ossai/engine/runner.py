@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -60,26 +61,14 @@ class BatchMeta:
         k_pool, v_pool = self.runner.k_pools[group][index], self.runner.v_pools[group][index]  # [slots, K, D]
         k_pool[self.write_slots[group]] = k.to(k_pool.dtype)
         v_pool[self.write_slots[group]] = v.to(v_pool.dtype)
-        prefill = self.runner.prefill_attention
-        # every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel
-        every_prefill = (
-            prefill is not None
-            and q.dtype == k_pool.dtype == torch.float32
-            and min(s.stop - s.start for s in self.segments) >= kernels.PREFILL_ROWS
-            and max(len(r) for r in self.read_slots[group]) <= kernels.PREFILL_KEYS
-        )
+        every_prefill = self._every_prefill(group, q.dtype, k_pool.dtype)
         kernel = self.runner.attention_kernel
-        if (
-            not every_prefill
-            and kernel is not None
-            and self.row_start is not None
-            and q.dtype == k_pool.dtype == torch.float32
-        ):
+        if self._kernel_applies(every_prefill, q.dtype, k_pool.dtype):
             return kernel(
                 q, k_pool, v_pool, sinks, positions, self.row_start, self.key_slots[group],
                 self.key_pos[group], self.key_start[group], window or 0, sm_scale,
             )  # fmt: skip
-        per_sequence = prefill if every_prefill else attention  # the same signature
+        per_sequence = self.runner.prefill_attention if every_prefill else attention  # the same signature
         out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         for i, rows in enumerate(self.segments):
             slots = self.read_slots[group][i]
@@ -88,6 +77,47 @@ class BatchMeta:
                 window, sm_scale,
             )  # fmt: skip
         return out
+
+    def paged(self, layer: int, dtype: torch.dtype) -> PagedView | None:
+        """What `attend` would hand the paged kernel for `layer` and queries of `dtype`, for an op that runs
+        the whole attention block in one call (kernels.accelerate); None where `attend` goes another way."""
+        group, index = self.runner.layer_slot[layer]
+        k_pool, v_pool = self.runner.k_pools[group][index], self.runner.v_pools[group][index]
+        if not self._kernel_applies(self._every_prefill(group, dtype, k_pool.dtype), dtype, k_pool.dtype):
+            return None
+        return PagedView(
+            k_pool, v_pool, self.write_slots[group], self.row_start, self.key_slots[group],
+            self.key_pos[group], self.key_start[group],
+        )  # fmt: skip
+
+    def _every_prefill(self, group: int, q_dtype: torch.dtype, pool_dtype: torch.dtype) -> bool:
+        """Every sequence of the step is a prefill chunk: blocked GEMMs beat the paged kernel."""
+        return (
+            self.runner.prefill_attention is not None
+            and q_dtype == pool_dtype == torch.float32
+            and min(s.stop - s.start for s in self.segments) >= kernels.PREFILL_ROWS
+            and max(len(r) for r in self.read_slots[group]) <= kernels.PREFILL_KEYS
+        )
+
+    def _kernel_applies(self, every_prefill: bool, q_dtype: torch.dtype, pool_dtype: torch.dtype) -> bool:
+        return (
+            not every_prefill
+            and self.runner.attention_kernel is not None
+            and self.row_start is not None
+            and q_dtype == pool_dtype == torch.float32
+        )
+
+
+class PagedView(NamedTuple):
+    """One layer's pools and the step's addressing, as the paged attention kernel takes them."""
+
+    k_pool: torch.Tensor  # [slots, K, D]
+    v_pool: torch.Tensor
+    write_slots: torch.Tensor  # [N] where this step's keys and values go
+    row_start: torch.Tensor  # [B+1]
+    key_slots: torch.Tensor  # [sum S]
+    key_pos: torch.Tensor
+    key_start: torch.Tensor  # [B+1]
 
 
 class Runner:

@@ -56,11 +56,15 @@ def install_cpu(model: Transformer, module) -> None:
     norm = _fused_norm(module.rms_norm) if hasattr(module, "rms_norm") else rms_norm
     experts = _fused_mxfp4(module.mxfp4_linear)
     mix = _fused_moe(module.moe)
+    # whole blocks in one call (builds before these have none: the step profiler's timed kernels)
+    mlp_block = _fused_mlp(module.mlp_block) if hasattr(module, "mlp_block") else None
+    attention_block = _fused_attention(module.attention_block) if hasattr(module, "attention_block") else None
     for mlp in model.mlp:
         mlp.mxfp4_linear = experts
         mlp.dense = dense
         mlp.norm = norm
         mlp.mix = mix
+        mlp.fused = mlp_block
     for attn in model.attn:
         attn.dense = dense
         attn.norm = norm
@@ -68,6 +72,8 @@ def install_cpu(model: Transformer, module) -> None:
         bias = consecutive_rows(attn.q_bias, attn.k_bias, attn.v_bias)
         if weight is not None and bias is not None:
             attn.qkv = weight, bias
+            if weight.dtype == attn.out_weight.dtype == torch.bfloat16 and attn.out_weight.is_contiguous():
+                attn.fused = attention_block
     model.dense = dense
     model.norm = norm
     model.rotary.kernel = getattr(module, "rope", None)
@@ -159,6 +165,45 @@ def _fused_moe(kernel):
         return mlp.reference_mix(t)
 
     return mix
+
+
+def _fused_attention(kernel):
+    """`AttentionBlock.forward` as one call for a decode step (at most DECODE_ROWS rows) whose attention
+    takes the paged kernel: the same kernels in the same order, so the same result, without the ~15 Python
+    ops per layer between them (8-10 ms of a 20b decode step; BENCHMARKS.md). None: the block's own path."""
+
+    def forward(block, x: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor | None:
+        paged = getattr(cache, "paged", None)  # the engine's cache has it; others run the block's path
+        if paged is None or x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] > DECODE_ROWS:
+            return None
+        view = paged(block.layer, x.dtype)
+        if view is None or block.qkv is None:
+            return None
+        cos, sin = block.rotary.tables(positions)
+        k_pool, v_pool, write_slots, row_start, key_slots, key_pos, key_start = view
+        return kernel(
+            x, block.norm_scale, RMS_NORM_EPS, *block.qkv, block.heads, block.kv_heads, block.out_weight,
+            block.out_bias, cos, sin, positions, k_pool, v_pool, write_slots, block.sinks, row_start,
+            key_slots, key_pos, key_start, block.window or 0, block.sm_scale,
+        )  # fmt: skip
+
+    return forward
+
+
+def _fused_mlp(kernel):
+    """`MLPBlock.forward` (norm, the fused mix, residual) as one call for fp32 rows; None otherwise."""
+
+    def forward(mlp: MLPBlock, x: torch.Tensor) -> torch.Tensor | None:
+        m = mlp
+        packed = m.mlp1_weight_blocks, m.mlp1_weight_scales, m.mlp2_weight_blocks, m.mlp2_weight_scales
+        if x.dtype != torch.float32 or x.dim() != 2 or not all(w.is_contiguous() for w in packed):
+            return None
+        return kernel(
+            x, mlp.norm_scale, RMS_NORM_EPS, mlp.gate_weight, mlp.gate_bias, mlp.top_k, packed[0], packed[1],
+            mlp.mlp1_bias, packed[2], packed[3], mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA, mlp.int8_activations,
+        )  # fmt: skip
+
+    return forward
 
 
 def _guarded(fast):

@@ -75,11 +75,16 @@ class Rotary:
         self._cos = angles.cos() * self.concentration
         self._sin = angles.sin() * self.concentration
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [T, heads, D]; positions: [T] int64."""
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [P, D/2] (concentration folded in), extended to cover `positions` [T] int64."""
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if needed > self._cos.shape[0]:
             self._extend(max(needed, 2 * self._cos.shape[0]))
+        return self._cos, self._sin
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, D]; positions: [T] int64."""
+        self.tables(positions)
         if self.kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu":
             return self.kernel(x, self._cos, self._sin, positions)
         cos = self._cos[positions].unsqueeze(1).to(x.dtype)  # [T, 1, D/2]

@@ -56,6 +56,9 @@ class AttentionBlock(nn.Module):
         # kernels.accelerate() sets (weight, bias) of q, k and v as one matrix when the checkpoint stores
         # them so (the original layout's fused qkv): one product instead of three
         self.qkv: tuple[torch.Tensor, torch.Tensor] | None = None
+        # ...and may set a whole-block op, fused(self, x, positions, cache), for decode steps over a paged
+        # cache; it returns None where it does not apply, and this forward runs
+        self.fused: Callable[..., torch.Tensor | None] | None = None
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -64,6 +67,10 @@ class AttentionBlock(nn.Module):
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        if self.fused is not None and cache is not None:
+            out = self.fused(self, x, positions, cache)
+            if out is not None:
+                return out
         t = self.norm(x, self.norm_scale)
         n = x.shape[0]
         if self.qkv is not None:
@@ -108,6 +115,7 @@ class MLPBlock(nn.Module):
         self.mxfp4_linear = mxfp4_linear  # kernels.accelerate() swaps in a fused op
         self.dense = linear
         self.norm = rms_norm
+        self.fused: Callable[[MLPBlock, torch.Tensor], torch.Tensor | None] | None = None  # norm+mix+residual
         # kernels.accelerate() sets a fused block, called as mix(self, t) (None: reference_mix)
         self.mix: Callable[[MLPBlock, torch.Tensor], torch.Tensor] | None = None
 
@@ -146,6 +154,10 @@ class MLPBlock(nn.Module):
         return self.experts(t, *self.route(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            out = self.fused(self, x)
+            if out is not None:
+                return out
         t = self.norm(x, self.norm_scale)
         return x + (self.mix(self, t) if self.mix is not None else self.reference_mix(t))
 

@@ -4,6 +4,7 @@ cache. Outputs are compared token for token against the same request run alone."
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -61,6 +62,40 @@ def test_greedy_batch_equals_alone_with_staggered_arrivals(make_engine):
             outputs[i] += out.token_ids
     assert outputs == alone
     assert engine.stats().generated_tokens == 2 * sum(len(a) for a in alone)
+
+
+def test_first_requests_arriving_together_share_one_runner(make_engine, monkeypatch):
+    """A server's first requests come at once; each used to build the paged runner (its own KV pools and
+    block manager) and blocks allocated in one were freed in another: the engine died."""
+    from ossai.engine import engine as engine_module
+
+    built = []
+    real = engine_module.Runner
+
+    def slow_runner(*args, **kwargs):  # widen the window in which a second thread could build one
+        built.append(threading.current_thread().name)
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "Runner", slow_runner)
+    engine = make_engine()
+    prompts = _prompts(3)
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    outputs: list[list[int] | None] = [None] * 3
+    start = threading.Barrier(3)
+
+    def run(i: int) -> None:
+        start.wait()
+        outputs[i] = _run(engine, prompts[i], params)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(built) == 1
+    assert outputs == [_run(engine, p, params) for p in prompts]
+    assert engine.stats().kv_usage == 0.0
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(make_engine):

@@ -7,7 +7,9 @@ import torch
 
 from ossai import kernels as kernels_pkg
 from ossai.config import SWIGLU_ALPHA
-from ossai.engine import Engine, EngineConfig, SamplingParams
+from ossai.engine import Engine, EngineConfig, Request, SamplingParams
+from ossai.engine.scheduler import Scheduled
+from ossai.engine.sequence import Sequence
 from ossai.kernels import cpu
 from ossai.model import layers, mxfp4, transformer
 from tests.kernels.conftest import moe_block
@@ -18,6 +20,49 @@ def kernels(request):
     """The extension built for each instruction-set path (AVX-512, AVX2, portable C++), so every path is
     checked here whatever CPU a user has. make test installs a compiler and ninja: building must work."""
     return cpu.load(required=True, isa=request.param)
+
+
+@pytest.mark.parametrize("moe_int8", [False, True])
+def test_whole_block_calls_equal_the_kernels_one_by_one(tiny, moe_int8):
+    """attention_block and mlp_block run the kernels in the model's order: the logits of batched decode
+    steps (three streams, one of them past the sliding window) are bit-identical to the Python path."""
+    engine = Engine.load(tiny, config=EngineConfig(prefix_caching=False, moe_int8=moe_int8))
+    runner = engine.runner
+    took = []  # attention blocks that ran whole (not fallen back)
+    for block in engine.model.attn:
+        block.fused = (lambda f: lambda *a: took.append((r := f(*a)) is not None) or r)(block.fused)
+
+    def decode() -> list[torch.Tensor]:
+        seqs = [Sequence(Request(list(range(500, 500 + n)), SamplingParams())) for n in (3, 70, 130)]
+        for seq in seqs:  # prefill each alone
+            n = len(seq.tokens)
+            runner.blocks.allocate(seq.tables, 0, n)
+            first = runner.step([Scheduled(seq, 0, n)])
+            seq.num_computed = n
+            runner.blocks.computed(seq.tables, seq.tokens, n)
+            seq.tokens.append(int(first[0].argmax()))
+        steps = []
+        for _ in range(12):  # then decode together, each feeding back its greedy token
+            batch = [Scheduled(seq, seq.num_computed, 1) for seq in seqs]
+            for seq in seqs:
+                runner.blocks.allocate(seq.tables, seq.num_computed, seq.num_computed + 1)
+            logits = runner.step(batch)
+            steps.append(logits)
+            for seq, row in zip(seqs, logits, strict=True):
+                seq.num_computed += 1
+                runner.blocks.computed(seq.tables, seq.tokens, seq.num_computed)
+                seq.tokens.append(int(row.argmax()))
+        for seq in seqs:
+            runner.blocks.free(seq.tables)
+        return steps
+
+    whole = decode()
+    # every layer of the 12 decode steps and of the 3-token prefill (too short for the GEMM prefill path)
+    assert sum(took) == 13 * len(engine.model.attn)
+    for block in [*engine.model.attn, *engine.model.mlp]:
+        block.fused = None
+    assert all(torch.equal(a, b) for a, b in zip(decode(), whole, strict=True))
+    engine.close()
 
 
 @pytest.mark.parametrize(
@@ -77,16 +122,18 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, moe_int8):
         a.norm is not layers.rms_norm for a in engine.model.attn
     )
     assert all(a.qkv is not None for a in engine.model.attn)  # the original layout stores qkv fused
+    assert all(b.fused is not None for b in [*engine.model.attn, *engine.model.mlp])  # whole-block calls
     prompt = list(range(1000, 1100))
     params = SamplingParams(max_tokens=64, temperature=0.0)
     fast = list(engine.generate(prompt, params))
     for m in engine.model.mlp:
         m.mxfp4_linear, m.dense, m.mix = transformer.mxfp4_linear, layers.linear, None  # the reference
+        m.fused = None
     for module in [*engine.model.attn, *engine.model.mlp, engine.model]:
         module.dense, module.norm = layers.linear, layers.rms_norm
     engine.model.rotary.kernel = None
     for a in engine.model.attn:
-        a.qkv = None
+        a.qkv = a.fused = None
     engine.runner.attention_kernel = engine.runner.prefill_attention = None  # `layers.attention` per sequence
     reference = list(engine.generate(prompt, params))
     engine.close()

@@ -1379,6 +1379,41 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, torch:
   return out;
 }
 
+// -- Whole decoder blocks for few rows (decode): the kernels above in one call from Python ------------------
+// The same calls in the same order as the model's block forward with these kernels installed, so the result
+// is identical; what goes is ~15 Python-level ops per layer, each dearer than its arithmetic at decode (run
+// after kernels that streamed gigabytes through the caches, a 20b step spent 8-10 ms in them).
+
+// x + out(attention(rope(q), rope(k), v)) with q, k, v = split(qkv(rms_norm(x))), this step's k and v stored
+// at write_slots of the pools first. Reference: AttentionBlock.forward with BatchMeta.attend's kernel path.
+torch::Tensor attention_block(torch::Tensor x, torch::Tensor norm_scale, double eps, torch::Tensor qkv_weight,
+                              torch::Tensor qkv_bias, int64_t heads, int64_t kv_heads, torch::Tensor out_weight,
+                              torch::Tensor out_bias, torch::Tensor cos, torch::Tensor sin, torch::Tensor positions,
+                              torch::Tensor k_pool, torch::Tensor v_pool, torch::Tensor write_slots,
+                              torch::Tensor sinks, torch::Tensor row_start, torch::Tensor key_slots,
+                              torch::Tensor key_pos, torch::Tensor key_start, int64_t window, double sm_scale) {
+  const int64_t n = x.size(0), D = k_pool.size(2);
+  TORCH_CHECK(qkv_weight.size(0) == (heads + 2 * kv_heads) * D, "qkv_weight must have (heads + 2 kv_heads) * D rows");
+  TORCH_CHECK(write_slots.numel() == n, "write_slots must have one slot per row");
+  const torch::Tensor qkv = bf16_linear(rms_norm(x, norm_scale, eps), qkv_weight, qkv_bias);
+  const torch::Tensor q = rope(qkv.narrow(1, 0, heads * D).reshape({n, heads, D}), cos, sin, positions);
+  const torch::Tensor k = rope(qkv.narrow(1, heads * D, kv_heads * D).reshape({n, kv_heads, D}), cos, sin, positions);
+  k_pool.index_put_({write_slots}, k);
+  v_pool.index_put_({write_slots}, qkv.narrow(1, (heads + kv_heads) * D, kv_heads * D).reshape({n, kv_heads, D}));
+  const torch::Tensor a = paged_attention(q, k_pool, v_pool, sinks, positions, row_start, key_slots, key_pos,
+                                          key_start, window, sm_scale);
+  return x + bf16_linear(a, out_weight, out_bias);
+}
+
+// x + moe(rms_norm(x)). Reference: MLPBlock.forward with the fused mix.
+torch::Tensor mlp_block(torch::Tensor x, torch::Tensor norm_scale, double eps, torch::Tensor gate_weight,
+                        torch::Tensor gate_bias, int64_t top_k, torch::Tensor w1_blocks, torch::Tensor w1_scales,
+                        torch::Tensor b1, torch::Tensor w2_blocks, torch::Tensor w2_scales, torch::Tensor b2,
+                        double limit, double alpha, bool int8) {
+  return x + moe(rms_norm(x, norm_scale, eps), gate_weight, gate_bias, top_k, w1_blocks, w1_scales, b1, w2_blocks,
+                 w2_scales, b2, limit, alpha, int8);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(OSSAI_VNNI)
   m.attr("int8_path") = "avx512-vnni";
@@ -1401,6 +1436,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale"), py::arg("eps"), py::call_guard<py::gil_scoped_release>());
   m.def("rope", &rope, "rotary embedding from cos/sin tables at the given positions (fp32)", py::arg("x"),
         py::arg("cos"), py::arg("sin"), py::arg("positions"), py::call_guard<py::gil_scoped_release>());
+  m.def("attention_block", &attention_block, "a whole attention block over the paged pools (decode)");
+  m.def("mlp_block", &mlp_block, "x + moe(rms_norm(x)) in one call (decode)");
   m.def("paged_attention", &paged_attention, "attention with sinks and a sliding window over a paged KV pool",
         py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("sinks"), py::arg("q_pos"),
         py::arg("row_start"), py::arg("key_slots"), py::arg("key_pos"), py::arg("key_start"), py::arg("window"),
