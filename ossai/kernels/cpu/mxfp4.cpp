@@ -43,6 +43,17 @@ struct Q8Table {
 };
 constexpr Q8Table kQ8Table;
 
+// vpermps indices that give each of a 64-byte chunk's 4 blocks (4 int32 lanes each) its block's scale from a
+// vector of 16 consecutive blocks' scales: row c holds 4c, 4c, 4c, 4c, 4c+1, ... (the chunk's c-th of 4).
+struct Q8Spread {
+  alignas(64) int32_t v[4][16];
+  constexpr Q8Spread() : v{} {
+    for (int c = 0; c < 4; ++c)
+      for (int lane = 0; lane < 16; ++lane) v[c][lane] = 4 * c + lane / 4;
+  }
+};
+constexpr Q8Spread kSpread;
+
 // A bf16 value (the top half of an fp32) as float.
 inline float bf16_to_float(uint16_t half) {
   const uint32_t bits = static_cast<uint32_t>(half) << 16;
@@ -610,6 +621,11 @@ inline float q8_dot_avx2(const uint8_t* row, const uint8_t* row_scales, const Q8
 #if defined(OSSAI_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define OSSAI_VNNI 1
 
+// The scales of chunk c4's 4 blocks, each over its 4 lanes, from the 16 blocks' scales of its group.
+inline __m512 chunk_scales(int64_t c4, __m512 group_scales) {
+  return _mm512_permutexvar_ps(_mm512_load_si512(kSpread.v[c4]), group_scales);
+}
+
 // out[j * ldo + r] = dot(row r of W, quantized row j0 + j of x) for R weight rows and M rows of x. A chunk
 // of 4 blocks costs per weight row one load, one shift and two vpermb, and per (row, x row) two vpdpbusd,
 // a conversion and a multiply-add with the 4 blocks' combined scales (one vpermps from a 16-block vector).
@@ -620,11 +636,6 @@ inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Row
   // vpermb reads an index byte's low 6 bits: a byte looks up its low nibble as it is, and its high nibble
   // after a 16-bit shift right by 4 (bits 4-5 then hold the next byte's bits, which pick among equal copies)
   const __m512i table = _mm512_load_si512(kQ8Table.v);
-  const __m512i spread[4] = {
-      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-      _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
-      _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
-      _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
   __m512 acc[R][M];
   for (int64_t r = 0; r < R; ++r)
     for (int64_t j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();
@@ -655,8 +666,7 @@ inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Row
         const __m512i cj = _mm512_loadu_si512(x.corr.data() + (j0 + j) * x.cn + chunk * 16);
         for (int64_t r = 0; r < R; ++r) {
           const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(cj, lo[r], qe), hi[r], qo);
-          acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(spread[c4], comb[r][j]),
-                                      acc[r][j]);
+          acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), chunk_scales(c4, comb[r][j]), acc[r][j]);
         }
       }
     }
@@ -674,11 +684,6 @@ inline float q8_row_vnni(const uint8_t* row, const uint8_t* row_scales, const Q8
   const float* xs = x.s.data() + i * x.sn;
   const int32_t* corr = x.corr.data() + i * x.cn;
   const __m512i table = _mm512_load_si512(kQ8Table.v);
-  const __m512i spread[4] = {
-      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-      _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
-      _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
-      _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
   __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   // 4 blocks from block b: the padding of Q8Rows (zero inputs, corrections and scales) makes the masked
   // weight bytes of a partial chunk contribute nothing
@@ -702,14 +707,14 @@ inline float q8_row_vnni(const uint8_t* row, const uint8_t* row_scales, const Q8
   for (; g0 + 16 <= G; g0 += 16) {
     const __m512 comb = combined(g0, 0xFFFF);
     for (int c4 = 0; c4 < 4; ++c4)
-      chunk(g0 + 4 * c4, ~__mmask64{0}, _mm512_permutexvar_ps(spread[c4], comb), acc[c4 & 1]);
+      chunk(g0 + 4 * c4, ~__mmask64{0}, chunk_scales(c4, comb), acc[c4 & 1]);
   }
   if (g0 < G) {  // the last, partial group
     const __m512 comb = combined(g0, static_cast<__mmask16>((1u << (G - g0)) - 1));
     for (int c4 = 0; c4 < 4 && g0 + 4 * c4 < G; ++c4) {
       const int64_t nbc = std::min<int64_t>(4, G - g0 - 4 * c4);
       const __mmask64 wmask = nbc == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * nbc)) - 1;
-      chunk(g0 + 4 * c4, wmask, _mm512_permutexvar_ps(spread[c4], comb), acc[c4 & 1]);
+      chunk(g0 + 4 * c4, wmask, chunk_scales(c4, comb), acc[c4 & 1]);
     }
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
