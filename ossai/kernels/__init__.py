@@ -170,7 +170,8 @@ def _fused_moe(kernel):
 def _fused_attention(kernel):
     """`AttentionBlock.forward` as one call for a decode step (at most DECODE_ROWS rows) whose attention
     takes the paged kernel: the same kernels in the same order, so the same result, without the ~15 Python
-    ops per layer between them (8-10 ms of a 20b decode step; BENCHMARKS.md). None: the block's own path."""
+    ops per layer between them (a 20b decode step's glue 12 -> 7-8 ms; BENCHMARKS.md). None: the block's
+    own path."""
 
     def forward(block, x: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor | None:
         paged = getattr(cache, "paged", None)  # the engine's cache has it; others run the block's path
