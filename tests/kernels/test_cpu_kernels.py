@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import pytest
 import torch
 
@@ -63,6 +67,58 @@ def test_whole_block_calls_equal_the_kernels_one_by_one(tiny, moe_int8):
         block.fused = None
     assert all(torch.equal(a, b) for a, b in zip(decode(), whole, strict=True))
     engine.close()
+
+
+def _python_ran_during(call) -> int:
+    """How often this thread ran Python while `call` ran in another one, away from its ends by 10 ms (ten
+    switch intervals; at either end the other thread runs Python itself): 0 when the call holds the GIL."""
+    window: dict[str, float] = {}
+
+    def run() -> None:
+        window["start"] = time.perf_counter()
+        call()
+        window["end"] = time.perf_counter()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    try:
+        worker = threading.Thread(target=run)
+        stamps = []
+        worker.start()
+        while worker.is_alive():
+            stamps.append(time.perf_counter())
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert window["end"] - window["start"] > 0.03, "the call is too short to tell"
+    return sum(window["start"] + 0.01 < t < window["end"] - 0.01 for t in stamps)
+
+
+def test_whole_block_calls_release_the_gil():
+    """A decode step is almost all attention_block and mlp_block: holding the GIL through them would stall
+    the server's event loop for the whole step (the registration is the same for every ISA build)."""
+    kernels = cpu.load(required=True)
+    mlp = moe_block(8, 512, 512, seed=0)
+    args = (
+        torch.randn(1024, 512), mlp.norm_scale, 1e-5, mlp.gate_weight, mlp.gate_bias, mlp.top_k,
+        mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales, mlp.mlp1_bias, mlp.mlp2_weight_blocks,
+        mlp.mlp2_weight_scales, mlp.mlp2_bias, mlp.limit, SWIGLU_ALPHA, False,
+    )  # fmt: skip
+    assert _python_ran_during(lambda: kernels.mlp_block(*args)) >= 10
+    hidden, heads, kv_heads, d, keys = 256, 32, 2, 64, 100_000  # one query row over many keys
+    g = torch.Generator().manual_seed(0)
+    angles = torch.outer(torch.arange(keys, dtype=torch.float32), torch.rand(d // 2, generator=g))
+    last = torch.tensor([keys - 1])
+    args = (
+        torch.randn(1, hidden, generator=g), torch.ones(hidden), 1e-5,
+        torch.randn((heads + 2 * kv_heads) * d, hidden, generator=g).bfloat16(),
+        torch.zeros((heads + 2 * kv_heads) * d), heads, kv_heads,
+        torch.randn(hidden, heads * d, generator=g).bfloat16(), torch.zeros(hidden), angles.cos(),
+        angles.sin(), last, torch.randn(keys, kv_heads, d, generator=g),
+        torch.randn(keys, kv_heads, d, generator=g), last, torch.zeros(heads), torch.tensor([0, 1]),
+        torch.arange(keys), torch.arange(keys), torch.tensor([0, keys]), 0, 0.125,
+    )  # fmt: skip
+    assert _python_ran_during(lambda: kernels.attention_block(*args)) >= 10
 
 
 @pytest.mark.parametrize(

@@ -1441,8 +1441,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale"), py::arg("eps"), py::call_guard<py::gil_scoped_release>());
   m.def("rope", &rope, "rotary embedding from cos/sin tables at the given positions (fp32)", py::arg("x"),
         py::arg("cos"), py::arg("sin"), py::arg("positions"), py::call_guard<py::gil_scoped_release>());
-  m.def("attention_block", &attention_block, "a whole attention block over the paged pools (decode)");
-  m.def("mlp_block", &mlp_block, "x + moe(rms_norm(x)) in one call (decode)");
+  m.def("attention_block", &attention_block, "a whole attention block over the paged pools (decode)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("mlp_block", &mlp_block, "x + moe(rms_norm(x)) in one call (decode)", py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention", &paged_attention, "attention with sinks and a sliding window over a paged KV pool",
         py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("sinks"), py::arg("q_pos"),
         py::arg("row_start"), py::arg("key_slots"), py::arg("key_pos"), py::arg("key_start"), py::arg("window"),
