@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ossai.engine import Engine, Request, SamplingParams
-from ossai.harmony import STOP_TOKENS, StreamParser, load_encoding
+from ossai.harmony import STOP_TOKENS, FunctionArguments, StreamParser, load_encoding
 from ossai.store.resources import cpu_name
 from training.data import Example, examples
 from training.tasks import EFFORTS
@@ -137,6 +137,22 @@ def _json_object(arguments: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _duplicate_keys(arguments: str | None) -> bool:
+    """Whether the JSON repeats a key in an object (valid JSON that most parsers silently collapse)."""
+    seen_twice = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal seen_twice
+        seen_twice |= len({k for k, _ in items}) < len(items)
+        return dict(items)
+
+    try:
+        json.loads(arguments or "", object_pairs_hook=pairs)
+    except ValueError:
+        return False
+    return seen_twice
+
+
 def _rate(hits: Sequence[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
@@ -178,6 +194,7 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     json_calls = [o for o in outcomes if o.recipient and o.recipient != "python"]
     report["tool_json_valid"] = _rate([_json_object(o.arguments) is not None for o in json_calls])
     report["tool_json_calls"] = len(json_calls)
+    report["tool_json_duplicate_keys"] = _rate([_duplicate_keys(o.arguments) for o in json_calls])
     for cat in ("function", "function_unseen"):
         expected = calls(cat)
         report[f"{cat}_call_rate"] = _rate([o.recipient is not None for o in expected])
@@ -191,6 +208,8 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
                 for o in expected
             ]
         )
+        names = [set(_json_object(o.arguments) or ()) == set(o.expect["arguments"]) for o in expected]
+        report[f"{cat}_arg_names_right"] = _rate(names)
         report[f"{cat}_answer_correct"] = _rate([correct(o) for o in finals(cat)])
 
     report["python_call_rate"] = _rate([o.recipient == "python" for o in calls("python")])
@@ -224,11 +243,18 @@ def machine() -> dict[str, Any]:
 
 
 def evaluate(
-    engine: Engine, n: int = 50, seed: int = 1234, *, max_new_tokens: int = MAX_NEW_TOKENS
+    engine: Engine,
+    n: int = 50,
+    seed: int = 1234,
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    constrain: bool = False,
 ) -> dict[str, Any]:
     """Generate and score `n` held-out prompts per category with `engine` (greedy); returns every figure.
 
-    A generation may run to twice its reference length plus 32 tokens, and at most `max_new_tokens`."""
+    A generation may run to twice its reference length plus 32 tokens, and at most `max_new_tokens`.
+    `constrain`: function arguments held to their schema as the server holds them
+    (`ossai.harmony.FunctionArguments`); without it, the model alone."""
     started = time.perf_counter()
     cases = eval_examples(n, seed)
     streams = []
@@ -239,7 +265,9 @@ def evaluate(
         params = SamplingParams(
             max_tokens=max(1, limit), temperature=0, stop_token_ids=frozenset(STOP_TOKENS)
         )
-        streams.append(engine.submit(Request(prompt, params)))  # all at once: the engine batches them
+        constraint = FunctionArguments.for_tools(example.tools) if constrain else None
+        # all at once: the engine batches them
+        streams.append(engine.submit(Request(prompt, params, constraint=constraint)))
     outcomes, generated = [], 0
     for (category, example), stream in zip(cases, streams, strict=True):
         tokens = [t for out in stream for t in out.token_ids]
@@ -303,10 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--constrain", action="store_true",
+                   help="hold function arguments to their schema, as `ossai serve` does")  # fmt: skip
     args = p.parse_args(argv)
     engine = Engine.load(args.checkpoint, device=args.device, threads=args.threads)
     try:
-        report = evaluate(engine, args.n, args.seed)
+        report = evaluate(engine, args.n, args.seed, constrain=args.constrain)
     finally:
         engine.close()
     command = " ".join(["python -m training.eval", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])

@@ -6,7 +6,7 @@ params)` (a sync convenience) and `Engine.logits(ids)` (one cache-free prefill).
 
 from ossai.config import EngineConfig, SamplingParams
 from ossai.engine.engine import Engine, EngineStats, RequestStream
-from ossai.engine.sequence import Output, Request, TokenLogprob
+from ossai.engine.sequence import Output, Request, TokenConstraint, TokenLogprob
 
 __all__ = [
     "Engine",
@@ -16,5 +16,6 @@ __all__ = [
     "Request",
     "RequestStream",
     "SamplingParams",
+    "TokenConstraint",
     "TokenLogprob",
 ]

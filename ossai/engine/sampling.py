@@ -39,6 +39,23 @@ def apply_penalties(
     return logits
 
 
+_BITS = 1 << torch.arange(32, dtype=torch.int64)
+
+
+def constrained(logits: torch.Tensor, bitmask: bytes | None) -> torch.Tensor:
+    """Logits with the tokens a constraint's bitmask leaves out set to -inf (bit t of little-endian
+    32-bit words allows token t). A mask that allows none of the model's tokens is ignored."""
+    if bitmask is None:
+        return logits
+    words = torch.frombuffer(bytearray(bitmask), dtype=torch.int32).to(torch.int64)
+    allowed = ((words.unsqueeze(1) & _BITS) != 0).flatten()[: logits.shape[-1]]
+    if allowed.shape[0] < logits.shape[-1]:
+        allowed = torch.nn.functional.pad(allowed, (0, logits.shape[-1] - allowed.shape[0]))
+    if not bool(allowed.any()):
+        return logits
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
     """Mask (to -inf) what top-k, top-p (nucleus) and min-p exclude; the most likely token always stays."""
     if top_k and top_k < logits.shape[-1]:

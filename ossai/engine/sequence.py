@@ -12,12 +12,25 @@ import enum
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from ossai import harmony
 from ossai.config import SamplingParams
 from ossai.engine.block_manager import BlockTables
+
+
+class TokenConstraint(Protocol):
+    """Limits what a request may sample next (`ossai.harmony.FunctionArguments` is the one we have)."""
+
+    def allowed(self) -> bytes | None:
+        """None: any token; else a bitmask over token ids, bit t of little-endian 32-bit words."""
+        ...
+
+    def accept(self, token: int) -> None:
+        """Every token of the reply, in order (a forced prefill's first)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -29,6 +42,7 @@ class Request:
     # trailing prompt tokens that already belong to the assistant's reply (a forced tool-call header):
     # the parser reads them first, and their events come with the first output
     harmony_prefill: int = 0
+    constraint: TokenConstraint | None = None  # consulted before each token is sampled
 
 
 @dataclass(slots=True)
@@ -86,6 +100,10 @@ class Sequence:
         if self.parser is not None and request.harmony_prefill:
             for token in request.prompt[-request.harmony_prefill :]:
                 self._pending_events += self.parser.feed(token)
+        self.constraint = request.constraint
+        if self.constraint is not None and request.harmony_prefill:
+            for token in request.prompt[-request.harmony_prefill :]:
+                self.constraint.accept(token)
 
     @property
     def request_id(self) -> str:
@@ -102,6 +120,8 @@ class Sequence:
 
     def append(self, token: int) -> Output:
         """Record a sampled token and work out what becomes visible and whether the request is done."""
+        if self.constraint is not None:
+            self.constraint.accept(token)
         self.tokens.append(token)
         self.counts[token] = self.counts.get(token, 0) + 1
         events, self._pending_events = self._pending_events, []

@@ -4,6 +4,7 @@ Torch-free and independent of the rest of ossai, so the server, the tools and th
 without loading a model. Errors subclass ValueError (`HarmonyInputError`, `VocabError`).
 """
 
+from ossai.harmony.constrain import FunctionArguments, function_schemas
 from ossai.harmony.encoding import (
     BUILTIN_TOOLS,
     DEFAULT_KNOWLEDGE_CUTOFF,
@@ -57,6 +58,7 @@ __all__ = [
     "STOP_TOKENS",
     "ContentDelta",
     "Event",
+    "FunctionArguments",
     "HarmonyInputError",
     "MessageEnd",
     "PreambleDelta",
@@ -71,6 +73,7 @@ __all__ = [
     "drop_old_reasoning",
     "encode",
     "function_recipient",
+    "function_schemas",
     "function_tool",
     "is_builtin_recipient",
     "load_encoding",

@@ -175,6 +175,9 @@ async def start_chat(
     iterator yields the turn's events and ends with exactly one `Done`. Rendering (tokenizing a prompt
     of up to the body limit) runs in a worker thread, off the event loop."""
     prompt, prefill = await run_in_threadpool(render, req)
+    # compiled off the event loop too (the first one builds llguidance's view of o200k, ~1 s)
+    tools = req.tools if req.tool_choice != "none" else None
+    constraint = await run_in_threadpool(harmony.FunctionArguments.for_tools, tools) if tools else None
     max_tokens = req.max_tokens if req.max_tokens is not None else engine.max_model_len - len(prompt)
     if max_tokens < 1:
         raise ContextLengthError(
@@ -183,7 +186,9 @@ async def start_chat(
         )
     params = SamplingParams(max_tokens=max_tokens, **req.sampling)
     params.stop_token_ids = frozenset(params.stop_token_ids | set(harmony.STOP_TOKENS))
-    request = Request(prompt, params, parse_harmony=True, harmony_prefill=len(prefill))
+    request = Request(
+        prompt, params, parse_harmony=True, harmony_prefill=len(prefill), constraint=constraint or None
+    )
     if request_id:
         request.request_id = request_id
     return _events(engine.submit(request), len(prompt), timer)

@@ -1,10 +1,13 @@
 """The shipped ossai-demo through a real `ossai serve` and the official openai SDK: the bundled archive
-unpacks, loads through the normal path, reasons before it answers, and calls the python built-in through
-the agent loop. (Its arithmetic is not reliable yet: see BENCHMARKS.md, issue 10.)"""
+unpacks, loads through the normal path, reasons before it answers (right, for small sums), calls the
+python built-in through the agent loop and answers with its result, and calls a function it never saw
+in training with JSON arguments that match the schema (BENCHMARKS.md has its evaluation)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -40,7 +43,7 @@ def test_it_reasons_then_answers(client):
     message = r.choices[0].message
     assert r.choices[0].finish_reason == "stop"
     assert message.model_extra["reasoning_content"].strip()  # the analysis channel, parsed
-    assert message.content.strip() and "<|" not in message.content
+    assert "17" in message.content and "<|" not in message.content
 
 
 def test_it_calls_python_through_the_agent_loop(client):
@@ -54,7 +57,7 @@ def test_it_calls_python_through_the_agent_loop(client):
     calls = [item for item in response.output if item.type == "code_interpreter_call"]
     assert calls and "factorial" in calls[0].code
     assert calls[0].status == "completed" and calls[0].outputs[0].logs.strip() == "121645100408832000"
-    assert response.output[-1].type == "message" and response.output_text.strip()
+    assert response.output[-1].type == "message" and "121645100408832000" in response.output_text
 
 
 def test_effort_changes_the_reasoning(client):
@@ -68,3 +71,38 @@ def test_effort_changes_the_reasoning(client):
         )
         lengths[effort] = len(r.choices[0].message.model_extra["reasoning_content"])
     assert lengths["high"] > 2 * lengths["low"]
+
+
+def _function(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict:
+    parameters = {"type": "object", "properties": properties, "required": required}
+    spec = {"name": name, "description": description, "parameters": parameters}
+    return {"type": "function", "function": spec}
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    assert len({k for k, _ in pairs}) == len(pairs), f"a key repeated: {pairs}"
+    return dict(pairs)
+
+
+def test_it_calls_an_unseen_function_with_arguments_that_match_its_schema(client):
+    # names held out of training (training.tasks.heldout_name): schemas the model never saw
+    tools = [
+        _function("set_timer", "Set the timer.", {"minutes": {"type": "integer"}}, ["minutes"]),
+        _function(
+            "book_table",
+            "Book a table.",
+            {"city": {"type": "string"}, "guests": {"type": "integer", "description": "The guests"}},
+            ["guests"],
+        ),
+        _function("cancel_taxi", "Cancel the taxi.", {"priority": {"enum": ["low", "high"]}}, ["priority"]),
+    ]
+    r = client.chat.completions.create(
+        model=demo.NAME,
+        messages=[{"role": "user", "content": "Please book the table with guests 4."}],
+        tools=tools,
+        temperature=0,
+    )
+    assert r.choices[0].finish_reason == "tool_calls"
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "book_table"
+    assert json.loads(call.function.arguments, object_pairs_hook=_no_repeated_keys) == {"guests": 4}

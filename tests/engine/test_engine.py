@@ -4,6 +4,7 @@ cache. Outputs are compared token for token against the same request run alone."
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -241,3 +242,27 @@ def test_a_fully_cached_prompt_recomputes_its_last_block_and_matches(make_engine
     assert again[-1].cached_tokens == 128 and first[-1].cached_tokens == 0
     assert [o.token_ids for o in again] == [o.token_ids for o in reference] == [o.token_ids for o in first]
     assert abs(again[0].logprobs[0].logprob - reference[0].logprobs[0].logprob) < 1e-5
+
+
+def test_a_constraint_holds_sampled_function_arguments_to_the_schema(make_engine):
+    """Random weights sampled at temperature 1 write JSON of the schema only through the mask."""
+    engine = make_engine()
+    schema = {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green"]}, "on": {"type": "boolean"}},
+        "required": ["color", "on"],
+    }
+    header = harmony.load_encoding().encode(
+        "<|channel|>commentary to=functions.paint <|constrain|>json<|message|>", allowed_special="all"
+    )
+    prompt = _prompts(1, seed=5)[0] + header
+    stop = frozenset(harmony.STOP_TOKENS)
+    for seed in range(3):
+        params = SamplingParams(max_tokens=40, temperature=1.0, seed=seed, stop_token_ids=stop)
+        free = _run(engine, prompt, params)
+        constraint = harmony.FunctionArguments({"paint": schema})
+        request = Request(prompt, params, harmony_prefill=len(header), constraint=constraint)
+        held = [t for output in engine.submit(request) for t in output.token_ids]
+        assert held[-1] == harmony.CALL and free != held
+        arguments = json.loads(harmony.decode(held[:-1]))
+        assert arguments["color"] in ("red", "green") and isinstance(arguments["on"], bool)

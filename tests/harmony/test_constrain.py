@@ -1,0 +1,110 @@
+"""FunctionArguments: which tokens a function call's arguments may take, fed a reply token by token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ossai import harmony
+from ossai.harmony import CALL, FunctionArguments, function_schemas
+
+TIMER = {
+    "type": "object",
+    "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}},
+    "required": ["minutes"],
+}
+
+
+def ids(text: str) -> list[int]:
+    return harmony.load_encoding().encode(text, allowed_special="all")
+
+
+def allows(mask: bytes | None, token: int) -> bool:
+    assert mask is not None
+    return bool(mask[token // 8] >> (token % 8) & 1)
+
+
+def feed(constraint: FunctionArguments, text: str) -> None:
+    for token in ids(text):
+        constraint.accept(token)
+
+
+CALL_HEADER = "<|channel|>commentary to=functions.set_timer <|constrain|>json<|message|>"
+
+
+def test_only_the_arguments_of_a_known_function_are_constrained():
+    c = FunctionArguments({"set_timer": TIMER})
+    assert c.allowed() is None  # the reply's first header
+    feed(c, "<|channel|>analysis<|message|>Set a timer for 5 minutes.")
+    assert c.allowed() is None  # reasoning is free
+    feed(c, "<|end|><|start|>assistant" + CALL_HEADER)
+    mask = c.allowed()  # the value must open an object with a key: the one token for `{"`
+    assert allows(mask, ids('{"')[0]) and not allows(mask, ids("Sure")[0]) and not allows(mask, CALL)
+
+
+def test_a_key_is_written_once_and_only_call_follows_a_complete_value():
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, CALL_HEADER + '{"minutes":5')
+    assert allows(c.allowed(), ids(",")[0]) and allows(c.allowed(), ids("}")[0])
+    feed(c, ',"')
+    mask = c.allowed()
+    assert allows(mask, ids("label")[0]) and not allows(mask, ids("minutes")[0])
+    feed(c, 'label":"tea"}')
+    mask = c.allowed()
+    assert allows(mask, CALL) and sum(bin(b).count("1") for b in mask) == 1
+    c.accept(CALL)
+    assert c.allowed() is None
+
+
+def test_properties_in_the_schemas_order_and_undeclared_ones_only_where_allowed():
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, CALL_HEADER + '{"')
+    assert allows(c.allowed(), ids("label")[0]) is False  # minutes is declared first and required
+    strict = FunctionArguments({"set_timer": TIMER})
+    feed(strict, CALL_HEADER + '{"minutes":5,"label":"x"')
+    assert not allows(strict.allowed(), ids(",")[0]) and allows(strict.allowed(), ids("}")[0])
+    open_schema = FunctionArguments({"set_timer": {**TIMER, "additionalProperties": True}})
+    feed(open_schema, CALL_HEADER + '{"minutes":5,"')
+    assert allows(open_schema.allowed(), ids("colour")[0])
+
+
+def test_unknown_functions_builtins_and_opted_out_functions_are_left_alone():
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, "<|channel|>commentary to=functions.other <|constrain|>json<|message|>")
+    assert c.allowed() is None
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, "<|channel|>analysis to=python<|message|>")
+    assert c.allowed() is None
+    tools = [
+        {"type": "function", "function": {"name": "a", "parameters": TIMER, "strict": False}},
+        {"type": "function", "name": "b", "parameters": TIMER},  # the Responses API's flat shape
+        {"type": "function", "function": {"name": "c"}},  # no parameters: any object
+    ]
+    assert set(function_schemas(tools)) == {"b", "c"}
+    assert FunctionArguments.for_tools([tools[0]]) is None
+
+
+def test_a_recipient_in_the_role_part_of_the_header_counts():
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.set_timer")
+    feed(c, "<|channel|>commentary <|constrain|>json<|message|>")
+    assert not allows(c.allowed(), ids("hello")[0])
+
+
+def test_a_schema_that_cannot_be_compiled_leaves_the_function_free():
+    c = FunctionArguments({"bad": {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}})
+    assert not c
+    feed(c, "<|channel|>commentary to=functions.bad <|constrain|>json<|message|>")
+    assert c.allowed() is None
+
+
+@pytest.mark.parametrize("value", ['{"minutes":12}', '{"minutes":3,"label":"a b"}'])
+def test_every_token_of_a_valid_call_is_allowed(value):
+    c = FunctionArguments({"set_timer": TIMER})
+    feed(c, CALL_HEADER)
+    for token in ids(value):
+        assert allows(c.allowed(), token), harmony.decode([token])
+        c.accept(token)
+    assert allows(c.allowed(), CALL)
+    assert json.loads(value)["minutes"]
