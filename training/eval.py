@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ossai.engine import Engine, Request, SamplingParams
-from ossai.harmony import STOP_TOKENS, FunctionArguments, StreamParser, load_encoding
+from ossai.harmony import STOP_TOKENS, JsonConstraint, StreamParser, load_encoding
 from ossai.store.resources import cpu_name
 from training.data import Example, examples
 from training.tasks import EFFORTS
@@ -254,7 +254,7 @@ def evaluate(
 
     A generation may run to twice its reference length plus 32 tokens, and at most `max_new_tokens`.
     `constrain`: function arguments held to their schema as the server holds them
-    (`ossai.harmony.FunctionArguments`); without it, the model alone."""
+    (`ossai.harmony.JsonConstraint`); without it, the model alone."""
     started = time.perf_counter()
     cases = eval_examples(n, seed)
     streams = []
@@ -265,7 +265,7 @@ def evaluate(
         params = SamplingParams(
             max_tokens=max(1, limit), temperature=0, stop_token_ids=frozenset(STOP_TOKENS)
         )
-        constraint = FunctionArguments.for_tools(example.tools) if constrain else None
+        constraint = JsonConstraint.for_request(example.tools) if constrain else None
         # all at once: the engine batches them
         streams.append(engine.submit(Request(prompt, params, constraint=constraint)))
     outcomes, generated = [], 0

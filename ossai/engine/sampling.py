@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from ossai.config import SamplingParams
@@ -39,21 +40,17 @@ def apply_penalties(
     return logits
 
 
-_BITS = 1 << torch.arange(32, dtype=torch.int64)
-
-
 def constrained(logits: torch.Tensor, bitmask: bytes | None) -> torch.Tensor:
     """Logits with the tokens a constraint's bitmask leaves out set to -inf (bit t of little-endian
     32-bit words allows token t). A mask that allows none of the model's tokens is ignored."""
     if bitmask is None:
         return logits
-    words = torch.frombuffer(bytearray(bitmask), dtype=torch.int32).to(torch.int64)
-    allowed = ((words.unsqueeze(1) & _BITS) != 0).flatten()[: logits.shape[-1]]
-    if allowed.shape[0] < logits.shape[-1]:
-        allowed = torch.nn.functional.pad(allowed, (0, logits.shape[-1] - allowed.shape[0]))
-    if not bool(allowed.any()):
+    bits = np.unpackbits(np.frombuffer(bitmask, dtype=np.uint8), bitorder="little")[: logits.shape[-1]]
+    if not bits.any():
         return logits
-    return logits.masked_fill(~allowed, float("-inf"))
+    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    allowed[: bits.shape[0]] = torch.from_numpy(bits.view(np.bool_))
+    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ossai.engine.block_manager import BlockTables
 
 
 class TokenConstraint(Protocol):
-    """Limits what a request may sample next (`ossai.harmony.FunctionArguments` is the one we have)."""
+    """Limits what a request may sample next (`ossai.harmony.JsonConstraint` is the one we have)."""
 
     def allowed(self) -> bytes | None:
         """None: any token; else a bitmask over token ids, bit t of little-endian 32-bit words."""

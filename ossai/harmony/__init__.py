@@ -4,7 +4,7 @@ Torch-free and independent of the rest of ossai, so the server, the tools and th
 without loading a model. Errors subclass ValueError (`HarmonyInputError`, `VocabError`).
 """
 
-from ossai.harmony.constrain import FunctionArguments, function_schemas
+from ossai.harmony.constrain import JsonConstraint, function_schemas, schema_error
 from ossai.harmony.encoding import (
     BUILTIN_TOOLS,
     DEFAULT_KNOWLEDGE_CUTOFF,
@@ -17,6 +17,7 @@ from ossai.harmony.encoding import (
     parse_effort,
     render_chat,
     render_conversation,
+    response_format_section,
 )
 from ossai.harmony.parser import (
     ContentDelta,
@@ -58,8 +59,8 @@ __all__ = [
     "STOP_TOKENS",
     "ContentDelta",
     "Event",
-    "FunctionArguments",
     "HarmonyInputError",
+    "JsonConstraint",
     "MessageEnd",
     "PreambleDelta",
     "ReasoningDelta",
@@ -80,5 +81,7 @@ __all__ = [
     "parse_effort",
     "render_chat",
     "render_conversation",
+    "response_format_section",
+    "schema_error",
     "token_bytes",
 ]

@@ -1,11 +1,13 @@
-"""Function-call arguments held to the function's JSON schema while they are sampled.
+"""Function-call arguments, and structured answers, held to a JSON schema while they are sampled.
 
 A harmony tool call is a header naming the function (`to=functions.NAME ... <|constrain|>json`) and a
-JSON message ended by `<|call|>`. `FunctionArguments` watches the tokens a request generates; while it
-is inside the message of a call to a function it knows, `allowed()` gives the tokens that keep the text a
-prefix of a JSON value matching that function's `parameters` (llguidance computes the mask over the
-whole o200k vocabulary in ~0.1 ms), and once the value is complete only `<|call|>`. Everything else the
-model writes (reasoning, answers, headers, calls to built-in tools) is left alone.
+JSON message ended by `<|call|>`; an answer is a message on the `final` channel ended by `<|return|>`.
+`JsonConstraint` watches the tokens a request generates; inside the message of a call to a function it
+knows (or of the answer, when the request asked for a response format) `allowed()` gives the tokens that
+keep the text a prefix of a JSON value matching the schema (llguidance computes the mask over the whole
+o200k vocabulary in ~0.1 ms), and once the value is complete only the message's end token. Everything
+else the model writes (reasoning, headers, calls to built-in tools, answers without a format) is left
+alone.
 
 What the schema gets: compact JSON (no whitespace); the declared properties in the schema's order,
 each at most once, optional ones skippable (as OpenAI's strict mode writes them); undeclared ones only
@@ -41,6 +43,7 @@ from ossai.harmony.tokenizer import (
 log = logging.getLogger(__name__)
 
 _RECIPIENT = re.compile(r"\bto=functions\.([A-Za-z0-9_.-]+)")
+_FINAL = re.compile(r"<\|channel\|>final\b")
 _JSON_OPTIONS = {"whitespace_flexible": False, "lenient": True}
 _lock = threading.Lock()
 
@@ -67,20 +70,24 @@ def _tokenizer() -> llguidance.LLTokenizer:
 
 
 @functools.lru_cache(maxsize=256)
-def _grammar(schema_json: str) -> str | None:
+def _compile(schema_json: str) -> tuple[str | None, str | None]:
+    """(llguidance grammar, None) or (None, why it cannot be compiled)."""
     schema = json.loads(schema_json)
-    if schema.get("type", "object") == "object" and "additionalProperties" not in schema:
+    if schema.get("type") == "object" and "additionalProperties" not in schema:
         schema = {**schema, "additionalProperties": False}
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
     except (ValueError, TypeError) as exc:
-        log.warning("function arguments left unconstrained: %s", exc)
-        return None
+        return None, str(exc)
     error = llguidance.LLMatcher.validate_grammar(grammar, _tokenizer())
     if error and not error.startswith("WARNING"):
-        log.warning("function arguments left unconstrained: %s", error)
-        return None
-    return grammar
+        return None, error
+    return grammar, None
+
+
+def schema_error(schema: Mapping[str, Any]) -> str | None:
+    """Why `schema` cannot be enforced, or None when it can."""
+    return _compile(json.dumps(schema))[1]
 
 
 def function_schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any]]:
@@ -96,32 +103,40 @@ def function_schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any]]:
     return schemas
 
 
-class FunctionArguments:
-    """Per request: feed it every token of the reply (`accept`), ask it before sampling (`allowed`)."""
+class JsonConstraint:
+    """Per request: feed it every token of the reply (`accept`), ask it before sampling (`allowed`).
 
-    def __init__(self, schemas: Mapping[str, Mapping[str, Any]]):
-        tokenizer = _tokenizer()
-        self._matchers: dict[str, llguidance.LLMatcher] = {}
-        for name, schema in schemas.items():
-            grammar = _grammar(json.dumps(schema))  # key order kept: it is the properties' order
-            if grammar is not None:
-                self._matchers[name] = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+    `functions`: name -> parameters schema, for the calls; `answer`: a schema for the final answer
+    (structured outputs: `response_format`, Ollama's `format`), or None to leave answers free."""
+
+    def __init__(self, functions: Mapping[str, Mapping[str, Any]], answer: Mapping[str, Any] | None = None):
+        self._matchers = {name: m for name, m in ((n, _matcher(s)) for n, s in functions.items()) if m}
+        self._answer = _matcher(answer) if answer is not None else None
         self._header: list[int] | None = []  # the reply starts in a header (`<|start|>assistant` is prompt)
         self._active: llguidance.LLMatcher | None = None
 
     @classmethod
-    def for_tools(cls, tools: Iterable[Any] | None) -> FunctionArguments | None:
-        schemas = function_schemas(tools)
-        return cls(schemas) if schemas else None
+    def for_request(
+        cls, tools: Iterable[Any] | None, answer: Mapping[str, Any] | None = None
+    ) -> JsonConstraint | None:
+        """None when there is nothing to hold (no function tools, no answer schema)."""
+        constraint = cls(function_schemas(tools), answer)
+        return constraint if constraint else None
 
     def __bool__(self) -> bool:
-        return bool(self._matchers)
+        return bool(self._matchers) or self._answer is not None
 
     def allowed(self) -> bytes | None:
         """A bitmask over token ids (bit t of little-endian 32-bit words), or None: anything goes."""
         if self._active is None:
             return None
-        return self._active.compute_bitmask()
+        mask = self._active.compute_bitmask()
+        if self._active is self._answer and mask[CALL // 8] >> (CALL % 8) & 1:
+            ended = bytearray(mask)  # llguidance ends every value with our tokenizer's <|call|>
+            ended[CALL // 8] &= ~(1 << (CALL % 8)) & 0xFF
+            ended[RETURN // 8] |= 1 << (RETURN % 8)
+            return bytes(ended)
+        return mask
 
     def accept(self, token: int) -> None:
         if self._active is not None:
@@ -139,7 +154,20 @@ class FunctionArguments:
             header = b"".join(token_bytes(t) for t in self._header).decode("utf-8", "replace")
             self._header = None
             match = _RECIPIENT.search(header)
-            matcher = self._matchers.get(match[1]) if match else None
+            if match:
+                matcher = self._matchers.get(match[1])
+            elif _FINAL.search(header) and "to=" not in header:
+                matcher = self._answer
+            else:
+                matcher = None
             if matcher is not None:
                 matcher.reset()
                 self._active = matcher
+
+
+def _matcher(schema: Mapping[str, Any]) -> llguidance.LLMatcher | None:
+    grammar, error = _compile(json.dumps(schema))  # key order kept: it is the properties' order
+    if grammar is None:
+        log.warning("left unconstrained, the schema cannot be compiled: %s", error)
+        return None
+    return llguidance.LLMatcher(_tokenizer(), grammar, log_level=0)

@@ -175,6 +175,13 @@ def function_tool(spec: Any, where: str) -> ToolDescription:
     return ToolDescription.new(name, description, dict(parameters) if parameters is not None else None)
 
 
+def response_format_section(name: str, schema: Mapping[str, Any], description: str | None = None) -> str:
+    """The developer message's `# Response Formats` section (the harmony docs' wording; openai-harmony
+    has no API for it), which tells the model the answer's JSON schema."""
+    comment = f"// {description}\n" if description else ""
+    return f"# Response Formats\n\n## {name}\n\n{comment}{json.dumps(schema, separators=(',', ':'))}"
+
+
 def _developer_message(instructions: list[str], tools: Sequence[Any] | None) -> Message | None:
     content = DeveloperContent.new()
     if instructions:
@@ -350,11 +357,13 @@ def build_conversation(
     model_identity: str | None = None,
     date: str | None = None,
     knowledge_cutoff: str = DEFAULT_KNOWLEDGE_CUTOFF,
+    response_format: str | None = None,
 ) -> Conversation:
     """The harmony Conversation for chat-style `messages`, with old reasoning already dropped.
 
     `effort` is low/medium/high (any case); `tools` are OpenAI function tools; `builtin_tools` names
-    `"browser"`/`"python"` or passes a custom `ToolNamespaceConfig`; `date` defaults to today.
+    `"browser"`/`"python"` or passes a custom `ToolNamespaceConfig`; `date` defaults to today;
+    `response_format` is a `response_format_section` for the end of the developer instructions.
     """
     if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
         raise HarmonyInputError(f"messages must be a list of message objects, got {type(messages).__name__}")
@@ -380,6 +389,8 @@ def build_conversation(
                 body.append(_tool_result_message(raw, where, ledger))
             case _:
                 raise HarmonyInputError(f"{where}: unknown role {role!r}")
+    if response_format:
+        instructions.append(response_format)
     developer = _developer_message(instructions, tools)
     head = [system] if developer is None else [system, developer]
     return Conversation.from_messages([*head, *drop_old_reasoning(body)])
@@ -405,6 +416,7 @@ def render_chat(
     model_identity: str | None = None,
     date: str | None = None,
     knowledge_cutoff: str = DEFAULT_KNOWLEDGE_CUTOFF,
+    response_format: str | None = None,
 ) -> list[int]:
     """Prompt token ids for chat-style `messages` (see `build_conversation` for the arguments)."""
     conversation = build_conversation(
@@ -415,5 +427,6 @@ def render_chat(
         model_identity=model_identity,
         date=date,
         knowledge_cutoff=knowledge_cutoff,
+        response_format=response_format,
     )
     return render_conversation(conversation)

@@ -26,6 +26,45 @@ from ossai.tools.agent import AgentLoop, Call, Run
 from ossai.tools.base import ToolResult
 
 
+@dataclass(slots=True, frozen=True)
+class AnswerFormat:
+    """A structured answer: the JSON schema its text must match, and the name (and description) the
+    developer message's `# Response Formats` section gives it."""
+
+    schema: dict[str, Any]
+    name: str = "response"
+    description: str | None = None
+    param: str = "response_format"  # where the request gave it, for errors
+
+
+ANY_OBJECT = AnswerFormat({"type": "object", "additionalProperties": True}, "json_object", "any JSON object")
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def answer_format(spec: Any, param: str) -> AnswerFormat | None:
+    """OpenAI's `response_format` (chat: `json_schema` nested) or Responses' `text.format` (flat)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BadRequest(f"{param} must be an object with a type", param)
+    kind = spec.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return dataclasses.replace(ANY_OBJECT, param=param)
+    if kind != "json_schema":
+        raise BadRequest(f"{param}.type must be text, json_object or json_schema, got {kind!r}", param)
+    body = spec.get("json_schema", spec)
+    schema = body.get("schema") if isinstance(body, dict) else None
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{param} needs a JSON schema object under 'schema'", param)
+    name = body.get("name", "response")
+    if not isinstance(name, str) or not _FORMAT_NAME.fullmatch(name):
+        raise BadRequest(f"{param} name must be 1-64 letters, digits, _ or -, got {name!r}", param)
+    description = body.get("description")
+    return AnswerFormat(schema, name, description if isinstance(description, str) else None, param)
+
+
 @dataclass(slots=True)
 class ChatRequest:
     messages: list[dict[str, Any]]  # OpenAI chat messages (system/developer/user/assistant/tool)
@@ -35,6 +74,7 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None  # OpenAI function tools
     tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {"type":"function",...}
     builtin_tools: tuple[Any, ...] = ()  # harmony namespaces (names or ToolNamespaceConfig)
+    answer_format: AnswerFormat | None = None  # structured outputs: the final answer held to a schema
 
 
 @dataclass(slots=True)
@@ -154,14 +194,29 @@ def render(req: ChatRequest) -> tuple[list[int], list[int]]:
         raise BadRequest(
             f"tool_choice must be none, auto, required or a function, got {choice!r}", "tool_choice"
         )
+    answer = req.answer_format
+    section = answer and harmony.response_format_section(answer.name, answer.schema, answer.description)
     try:
         prompt = harmony.render_chat(
-            req.messages, effort=req.effort, tools=tools, builtin_tools=req.builtin_tools
+            req.messages,
+            effort=req.effort,
+            tools=tools,
+            builtin_tools=req.builtin_tools,
+            response_format=section,
         )
     except ValueError as exc:  # harmony's input errors name the message and field
         raise BadRequest(str(exc), param="messages") from exc
     prefill_ids = harmony.load_encoding().encode(prefill, allowed_special="all") if prefill else []
     return prompt + prefill_ids, prefill_ids
+
+
+def _constraint(req: ChatRequest) -> harmony.JsonConstraint | None:
+    tools = req.tools if req.tool_choice != "none" else None
+    answer = req.answer_format.schema if req.answer_format else None
+    if req.answer_format and (error := harmony.schema_error(req.answer_format.schema)):
+        param = req.answer_format.param
+        raise BadRequest(f"{param}: the schema cannot be enforced ({error})", param)
+    return harmony.JsonConstraint.for_request(tools, answer) if tools or answer is not None else None
 
 
 def _tool_name(recipient: str) -> str:
@@ -175,9 +230,7 @@ async def start_chat(
     iterator yields the turn's events and ends with exactly one `Done`. Rendering (tokenizing a prompt
     of up to the body limit) runs in a worker thread, off the event loop."""
     prompt, prefill = await run_in_threadpool(render, req)
-    # compiled off the event loop too (the first one builds llguidance's view of o200k, ~1 s)
-    tools = req.tools if req.tool_choice != "none" else None
-    constraint = await run_in_threadpool(harmony.FunctionArguments.for_tools, tools) if tools else None
+    constraint = await run_in_threadpool(_constraint, req)  # the first builds llguidance's o200k: ~1 s
     max_tokens = req.max_tokens if req.max_tokens is not None else engine.max_model_len - len(prompt)
     if max_tokens < 1:
         raise ContextLengthError(

@@ -13,7 +13,8 @@ Where ossai differs from Ollama, on purpose:
 - Raw prompts are tokenized with harmony's special tokens recognised (raw means "a full templated
   prompt"), and raw generation stops at `<|return|>` / `<|call|>`; /v1/completions does neither.
 - `num_predict` larger than the room left in the context is clipped to it; a prompt that does not fit is
-  a 400 (Ollama truncates the prompt). `format`, `suffix`, `template` and images are a 400.
+  a 400 (Ollama truncates the prompt). `suffix`, `template` and images are a 400. `format` ("json" or a
+  JSON schema) holds the answer to it, sampled under a mask; with `raw` it is a 400.
 - `keep_alive` works as in Ollama when the server serves the store (`ossai serve` with no MODEL); a
   model named on the command line stays loaded. No `context` is returned. Names match with or without
   the `:latest` tag.
@@ -43,7 +44,7 @@ from ossai import __version__, harmony
 from ossai.config import RMS_NORM_EPS, ModelConfig, SamplingParams
 from ossai.engine import Engine, TokenLogprob
 from ossai.engine import Request as EngineRequest
-from ossai.errors import ContextLengthError
+from ossai.errors import BadRequest, ContextLengthError
 from ossai.model.weights import Checkpoint
 from ossai.server import generation as gen
 from ossai.server import ollama_types as wire
@@ -170,7 +171,11 @@ def _chat_request(engine: Engine, body: wire.ChatRequest | wire.GenerateRequest)
     effort, _ = body.reasoning()
     tools = (body.tools or None) if isinstance(body, wire.ChatRequest) else None
     chat = gen.ChatRequest(
-        messages=body.openai_messages(), sampling=body.sampling(), effort=effort, tools=tools
+        messages=body.openai_messages(),
+        sampling=body.sampling(),
+        effort=effort,
+        tools=tools,
+        answer_format=body.answer_format(),
     )
     limit = body.options.max_tokens
     if limit is not None:  # Ollama never refuses num_predict: clip it to the room left in the context
@@ -265,6 +270,8 @@ async def _raw_generate(
 ) -> StreamingResponse | dict[str, Any]:
     """The prompt as the model's whole input (harmony special tokens recognised), no parsing of the
     output: a plain completion that ends at an assistant stop token, num_predict or a stop string."""
+    if body.answer_format() is not None:
+        raise BadRequest("format does not apply to a raw prompt (there is no answer to hold)", "format")
     model, load_ns = await _use(ctx, request, body)
     clock = _Clock(ctx, load_ns)
     engine = model.engine

@@ -8,6 +8,7 @@ do what a field asks (images, suffix, templates, structured `format`), the reque
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ossai.errors import BadRequest
+from ossai.server.generation import ANY_OBJECT, AnswerFormat
 from ossai.server.openai_types import OssaiOptions
 
 Effort = Literal["low", "medium", "high"]
@@ -117,13 +119,17 @@ class _Generation(BaseModel):
             return "low", False
         return ("medium" if self.think is True else self.think), True
 
+    def answer_format(self) -> AnswerFormat | None:
+        """`format`: "json" (an object, as Ollama's JSON mode gives) or a JSON schema for the answer."""
+        if self.format in (None, ""):
+            return None
+        if self.format == "json":
+            return dataclasses.replace(ANY_OBJECT, param="format")
+        if isinstance(self.format, dict):
+            return AnswerFormat(self.format, param="format")
+        raise BadRequest(f'format must be "json" or a JSON schema object, got {self.format!r}', "format")
+
     def sampling(self) -> dict[str, Any]:
-        if self.format not in (None, ""):
-            raise BadRequest(
-                "format (JSON mode and structured outputs) is not supported yet; describe the JSON you "
-                "want in the prompt instead",
-                param="format",
-            )
         out = self.options.sampling()
         if self.logprobs:
             out |= {"logprobs": True, "top_logprobs": self.top_logprobs}

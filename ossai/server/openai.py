@@ -87,6 +87,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         effort=body.effort(),
         tools=body.tools,
         tool_choice=body.tool_choice,
+        answer_format=gen.answer_format(body.response_format, "response_format"),
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gate = ctx.confirm_gate(request, body.ossai, body.stream)

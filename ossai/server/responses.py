@@ -368,6 +368,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         effort=body.effort,
         tools=body.chat_tools(),
         tool_choice=body.chat_tool_choice(),
+        answer_format=gen.answer_format((body.text or {}).get("format"), "text.format"),
     )
     response_id = new_id("resp")
     # a chain of responses shares the tools' state (python variables); one not stored ends with itself

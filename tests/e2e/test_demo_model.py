@@ -106,3 +106,17 @@ def test_it_calls_an_unseen_function_with_arguments_that_match_its_schema(client
     (call,) = r.choices[0].message.tool_calls
     assert call.function.name == "book_table"
     assert json.loads(call.function.arguments, object_pairs_hook=_no_repeated_keys) == {"guests": 4}
+
+
+def test_a_response_format_holds_its_answer_to_the_schema(client):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    r = client.chat.completions.create(
+        model=demo.NAME,
+        messages=[{"role": "user", "content": "What is 12 plus 5?"}],
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "sum", "schema": schema}},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.model_extra["reasoning_content"].strip()  # reasoning stays free
+    answer = json.loads(r.choices[0].message.content, object_pairs_hook=_no_repeated_keys)
+    assert list(answer) == ["answer"] and isinstance(answer["answer"], int)

@@ -260,7 +260,7 @@ def test_a_constraint_holds_sampled_function_arguments_to_the_schema(make_engine
     for seed in range(3):
         params = SamplingParams(max_tokens=40, temperature=1.0, seed=seed, stop_token_ids=stop)
         free = _run(engine, prompt, params)
-        constraint = harmony.FunctionArguments({"paint": schema})
+        constraint = harmony.JsonConstraint({"paint": schema})
         request = Request(prompt, params, harmony_prefill=len(header), constraint=constraint)
         held = [t for output in engine.submit(request) for t in output.token_ids]
         assert held[-1] == harmony.CALL and free != held

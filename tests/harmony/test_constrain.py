@@ -1,4 +1,4 @@
-"""FunctionArguments: which tokens a function call's arguments may take, fed a reply token by token."""
+"""JsonConstraint: which tokens a function call's arguments may take, fed a reply token by token."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ossai import harmony
-from ossai.harmony import CALL, FunctionArguments, function_schemas
+from ossai.harmony import CALL, JsonConstraint, function_schemas
 
 TIMER = {
     "type": "object",
@@ -25,7 +25,7 @@ def allows(mask: bytes | None, token: int) -> bool:
     return bool(mask[token // 8] >> (token % 8) & 1)
 
 
-def feed(constraint: FunctionArguments, text: str) -> None:
+def feed(constraint: JsonConstraint, text: str) -> None:
     for token in ids(text):
         constraint.accept(token)
 
@@ -34,7 +34,7 @@ CALL_HEADER = "<|channel|>commentary to=functions.set_timer <|constrain|>json<|m
 
 
 def test_only_the_arguments_of_a_known_function_are_constrained():
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     assert c.allowed() is None  # the reply's first header
     feed(c, "<|channel|>analysis<|message|>Set a timer for 5 minutes.")
     assert c.allowed() is None  # reasoning is free
@@ -44,7 +44,7 @@ def test_only_the_arguments_of_a_known_function_are_constrained():
 
 
 def test_a_key_is_written_once_and_only_call_follows_a_complete_value():
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, CALL_HEADER + '{"minutes":5')
     assert allows(c.allowed(), ids(",")[0]) and allows(c.allowed(), ids("}")[0])
     feed(c, ',"')
@@ -58,22 +58,22 @@ def test_a_key_is_written_once_and_only_call_follows_a_complete_value():
 
 
 def test_properties_in_the_schemas_order_and_undeclared_ones_only_where_allowed():
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, CALL_HEADER + '{"')
     assert allows(c.allowed(), ids("label")[0]) is False  # minutes is declared first and required
-    strict = FunctionArguments({"set_timer": TIMER})
+    strict = JsonConstraint({"set_timer": TIMER})
     feed(strict, CALL_HEADER + '{"minutes":5,"label":"x"')
     assert not allows(strict.allowed(), ids(",")[0]) and allows(strict.allowed(), ids("}")[0])
-    open_schema = FunctionArguments({"set_timer": {**TIMER, "additionalProperties": True}})
+    open_schema = JsonConstraint({"set_timer": {**TIMER, "additionalProperties": True}})
     feed(open_schema, CALL_HEADER + '{"minutes":5,"')
     assert allows(open_schema.allowed(), ids("colour")[0])
 
 
 def test_unknown_functions_builtins_and_opted_out_functions_are_left_alone():
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, "<|channel|>commentary to=functions.other <|constrain|>json<|message|>")
     assert c.allowed() is None
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, "<|channel|>analysis to=python<|message|>")
     assert c.allowed() is None
     tools = [
@@ -82,18 +82,18 @@ def test_unknown_functions_builtins_and_opted_out_functions_are_left_alone():
         {"type": "function", "function": {"name": "c"}},  # no parameters: any object
     ]
     assert set(function_schemas(tools)) == {"b", "c"}
-    assert FunctionArguments.for_tools([tools[0]]) is None
+    assert JsonConstraint.for_request([tools[0]]) is None
 
 
 def test_a_recipient_in_the_role_part_of_the_header_counts():
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.set_timer")
     feed(c, "<|channel|>commentary <|constrain|>json<|message|>")
     assert not allows(c.allowed(), ids("hello")[0])
 
 
 def test_a_schema_that_cannot_be_compiled_leaves_the_function_free():
-    c = FunctionArguments({"bad": {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}})
+    c = JsonConstraint({"bad": {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}})
     assert not c
     feed(c, "<|channel|>commentary to=functions.bad <|constrain|>json<|message|>")
     assert c.allowed() is None
@@ -101,10 +101,50 @@ def test_a_schema_that_cannot_be_compiled_leaves_the_function_free():
 
 @pytest.mark.parametrize("value", ['{"minutes":12}', '{"minutes":3,"label":"a b"}'])
 def test_every_token_of_a_valid_call_is_allowed(value):
-    c = FunctionArguments({"set_timer": TIMER})
+    c = JsonConstraint({"set_timer": TIMER})
     feed(c, CALL_HEADER)
     for token in ids(value):
         assert allows(c.allowed(), token), harmony.decode([token])
         c.accept(token)
     assert allows(c.allowed(), CALL)
     assert json.loads(value)["minutes"]
+
+
+ANSWER = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+
+def test_a_structured_answer_is_held_to_its_schema_and_ends_with_return():
+    c = harmony.JsonConstraint({}, answer=ANSWER)
+    feed(c, "<|channel|>analysis<|message|>12 + 5 = 17.<|end|><|start|>assistant")
+    assert c.allowed() is None
+    feed(c, "<|channel|>final<|message|>")
+    assert allows(c.allowed(), ids('{"')[0]) and not allows(c.allowed(), ids("It")[0])
+    feed(c, '{"answer":17}')
+    mask = c.allowed()
+    assert allows(mask, harmony.RETURN) and not allows(mask, CALL)
+    c.accept(harmony.RETURN)
+    assert c.allowed() is None
+
+
+def test_answers_are_free_without_a_format_and_calls_without_functions():
+    c = harmony.JsonConstraint({"set_timer": TIMER})
+    feed(c, "<|channel|>final<|message|>")
+    assert c.allowed() is None
+    c = harmony.JsonConstraint({}, answer=ANSWER)
+    feed(c, CALL_HEADER)
+    assert c.allowed() is None
+    assert harmony.JsonConstraint.for_request(None) is None
+
+
+def test_schema_errors_are_reported():
+    assert harmony.schema_error(ANSWER) is None
+    assert "nowhere" in harmony.schema_error({"properties": {"x": {"$ref": "#/nowhere"}}})
+
+
+def test_the_response_format_reaches_the_developer_message():
+    section = harmony.response_format_section("sum", ANSWER, "The result.")
+    prompt = harmony.decode(harmony.render_chat([{"role": "user", "content": "hi"}], response_format=section))
+    developer = prompt.split("<|start|>developer<|message|>")[1].split("<|end|>")[0]
+    assert developer.endswith(
+        "# Response Formats\n\n## sum\n\n// The result.\n" + json.dumps(ANSWER, separators=(",", ":"))
+    )

@@ -268,7 +268,8 @@ def test_list_show_ps_version(client, served):
         (lambda c: c.chat(model=MODEL, messages=ASK, options={"temperature": "hot"}), 400, "temperature"),
         (lambda c: c.chat(model=MODEL, messages=ASK, options={"num_predict": "many"}), 400, "num_predict"),
         (lambda c: c.chat(model=MODEL, messages=ASK, think="max"), 400, "think"),
-        (lambda c: c.chat(model=MODEL, messages=ASK, format="json"), 400, "format"),
+        (lambda c: c.chat(model=MODEL, messages=ASK, format={"$ref": "#/nowhere"}), 400, "format"),
+        (lambda c: c.generate(model=MODEL, prompt="hi", raw=True, format="json"), 400, "format"),
         (lambda c: c.chat(model=MODEL, messages=[{"role": "bot", "content": "x"}]), 400, "role"),
         (
             lambda c: c.chat(model=MODEL, messages=[{"role": "user", "content": "x", "images": PNG}]),
@@ -346,3 +347,15 @@ def test_disconnects_abort_and_free_kv(served):
         httpx.post(served.url + "/api/chat", json=chat, timeout=1.0)
     served.wait_idle(timeout=5)  # far sooner than 3000 tokens would take
     assert _blocks_all_free(served)
+
+
+def test_format_holds_the_sampled_answer_to_json_or_a_schema(client, served):
+    """The script reaches the answer; random weights at temperature 1 write it, held by the mask only."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    to_the_answer = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+    served.engine.script(to_the_answer)
+    r = client.chat(model=MODEL, messages=ASK, format=schema, options={"temperature": 1.0, "seed": 1})
+    assert r.done_reason == "stop" and isinstance(json.loads(r.message.content)["ok"], bool)
+    served.engine.script(to_the_answer)
+    r = client.chat(model=MODEL, messages=ASK, format="json", options={"temperature": 1.0, "num_predict": 30})
+    assert r.message.content.startswith("{")

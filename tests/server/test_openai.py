@@ -169,3 +169,63 @@ def test_stop_strings_apply_to_the_answer_only(client, served):
 def test_huge_seed_is_a_400(client):
     with pytest.raises(openai.BadRequestError, match="seed"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], seed=2**70)
+
+
+PICK = {
+    "type": "object",
+    "properties": {"color": {"enum": ["red", "green"]}, "on": {"type": "boolean"}},
+    "required": ["color", "on"],
+}
+TO_THE_ANSWER = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+
+
+def _picked(text: str) -> bool:
+    value = json.loads(text)
+    return value["color"] in ("red", "green") and isinstance(value["on"], bool) and len(value) == 2
+
+
+def test_response_format_holds_the_sampled_answer_to_the_schema(client, served):
+    """The script reaches the answer; random weights at temperature 1 write it, held by the mask only."""
+    for kind in ("json_schema", "json_object"):
+        served.engine.script(TO_THE_ANSWER)
+        fmt = {"type": "json_schema", "json_schema": {"name": "pick", "schema": PICK}}
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "pick"}],
+            response_format=fmt if kind == "json_schema" else {"type": "json_object"},
+            temperature=1.0,
+            max_tokens=60 if kind == "json_schema" else 30,
+            seed=3,
+        )
+        if kind == "json_schema":
+            assert r.choices[0].finish_reason == "stop" and _picked(r.choices[0].message.content)
+        else:  # any object (random keys may run on to the token limit, but it opens like one)
+            content = r.choices[0].message.content
+            assert content.startswith("{")
+            assert r.choices[0].finish_reason == "length" or isinstance(json.loads(content), dict)
+
+
+def test_function_arguments_are_sampled_under_the_schema(client, served):
+    served.engine.script("<|channel|>commentary to=functions.paint <|constrain|>json<|message|>")
+    tool = {"type": "function", "function": {"name": "paint", "parameters": PICK}}
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "paint"}], tools=[tool], temperature=1.0, seed=5
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and _picked(call.function.arguments)
+
+
+@pytest.mark.parametrize(
+    ("response_format", "word"),
+    [
+        ({"type": "xml"}, "json_schema"),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "schema"),
+        ({"type": "json_schema", "json_schema": {"name": "two words", "schema": PICK}}, "name"),
+        ({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/nowhere"}}}, "cannot be enforced"),
+    ],
+)
+def test_bad_response_formats_are_a_400(client, response_format, word):
+    with pytest.raises(openai.BadRequestError, match=word):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], response_format=response_format
+        )

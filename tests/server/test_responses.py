@@ -292,3 +292,20 @@ def test_bad_requests(served, body, status, param):
     assert set(error) >= {"message", "type", "param", "code"} and error["message"]
     if param is not None:
         assert error["param"] == param, error
+
+
+def test_text_format_holds_the_sampled_answer_to_the_schema(client, served):
+    """The script reaches the answer; random weights at temperature 1 write it, held by the mask only."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    served.engine.script(
+        "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+    )
+    r = client.responses.create(
+        model=MODEL,
+        input="hi",
+        text={"format": {"type": "json_schema", "name": "verdict", "schema": schema}},
+        temperature=1.0,
+    )
+    assert r.status == "completed" and isinstance(json.loads(r.output_text)["ok"], bool)
+    with pytest.raises(openai.BadRequestError, match=r"text\.format"):
+        client.responses.create(model=MODEL, input="hi", text={"format": {"type": "yaml"}})
