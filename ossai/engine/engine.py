@@ -30,7 +30,7 @@ from ossai import kernels
 from ossai.config import EngineConfig, ModelConfig, SamplingParams
 from ossai.engine.device import default_dtype, resolve_device, set_threads
 from ossai.engine.runner import Runner
-from ossai.engine.sampling import constrained, sample
+from ossai.engine.sampling import sample
 from ossai.engine.scheduler import Scheduler
 from ossai.engine.sequence import Output, Request, Sequence, TokenLogprob
 from ossai.errors import BadRequest, Busy, ContextLengthError
@@ -364,9 +364,8 @@ class Engine:
 
     def _choose(self, seq: Sequence, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """The next token of `seq` from its logits (the seam a scripted test engine replaces)."""
-        if seq.constraint is not None:
-            logits = constrained(logits, seq.constraint.allowed())
-        return sample(logits, seq.params, seq.generator, seq.tokens, seq.counts)
+        allowed = seq.constraint.allowed() if seq.constraint is not None else None
+        return sample(logits, seq.params, seq.generator, seq.tokens, seq.counts, allowed)
 
     def _finish(self, seq: Sequence, output: Output) -> None:
         assert self._scheduler is not None

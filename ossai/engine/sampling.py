@@ -75,9 +75,11 @@ def sample(
     generator: torch.Generator,
     seen: Iterable[int] = (),
     counts: dict[int, int] | None = None,
+    allowed: bytes | None = None,
 ) -> tuple[int, TokenLogprob | None]:
-    """One token from logits [V] (fp32, on CPU), and its logprob record when asked."""
-    processed = apply_penalties(logits, params, seen, counts or {})
+    """One token from logits [V] (fp32, on CPU), and its logprob record when asked. `allowed`: a
+    constraint's bitmask (`constrained`); logprobs still come from the unmasked logits."""
+    processed = constrained(apply_penalties(logits, params, seen, counts or {}), allowed)
     if params.greedy:
         token = int(torch.argmax(processed))
     else:

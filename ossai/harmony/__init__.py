@@ -4,7 +4,7 @@ Torch-free and independent of the rest of ossai, so the server, the tools and th
 without loading a model. Errors subclass ValueError (`HarmonyInputError`, `VocabError`).
 """
 
-from ossai.harmony.constrain import JsonConstraint, function_schemas, schema_error
+from ossai.harmony.constrain import JsonConstraint, closed_objects, function_schemas, schema_error
 from ossai.harmony.encoding import (
     BUILTIN_TOOLS,
     DEFAULT_KNOWLEDGE_CUTOFF,
@@ -70,6 +70,7 @@ __all__ = [
     "ToolCallStart",
     "VocabError",
     "build_conversation",
+    "closed_objects",
     "decode",
     "drop_old_reasoning",
     "encode",

@@ -11,8 +11,9 @@ alone.
 
 What the schema gets: compact JSON (no whitespace); the declared properties in the schema's order,
 each at most once, optional ones skippable (as OpenAI's strict mode writes them); undeclared ones only
-where the schema sets `additionalProperties` (strict mode reads a missing value the same way), after
-the declared; unknown keywords ignored. A function whose tool spec says
+where an object sets `additionalProperties` (strict mode reads a missing value the same way,
+`closed_objects`), after the declared; keywords llguidance does not implement (`not`, `if`/`then`,
+`uniqueItems`, unknown `format`s) are ignored rather than refused. A function whose tool spec says
 `"strict": false`, or whose schema llguidance cannot compile, is left unconstrained.
 """
 
@@ -42,7 +43,7 @@ from ossai.harmony.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-_RECIPIENT = re.compile(r"\bto=functions\.([A-Za-z0-9_.-]+)")
+_RECIPIENT = re.compile(r"\bto=functions\.([^\s<]+)")
 _FINAL = re.compile(r"<\|channel\|>final\b")
 _JSON_OPTIONS = {"whitespace_flexible": False, "lenient": True}
 _lock = threading.Lock()
@@ -62,19 +63,54 @@ class _Vocab:
         return encode(text.decode("utf-8", "surrogateescape") if isinstance(text, bytes) else text)
 
 
-@functools.cache
+_built: llguidance.LLTokenizer | None = None
+
+
 def _tokenizer() -> llguidance.LLTokenizer:
     """Built once per process (~1 s: every token's bytes); callers build it off the engine's thread."""
-    with _lock:
-        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab()))
+    global _built
+    with _lock:  # two first requests at once must not both build it
+        if _built is None:
+            _built = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab()))
+        return _built
 
 
-@functools.lru_cache(maxsize=256)
+_COMPOSED = ("allOf", "anyOf", "oneOf", "$ref")
+_NESTED_ONE = ("items", "additionalItems")
+_NESTED_MANY = ("properties", "patternProperties", "$defs", "definitions")
+
+
+def closed_objects(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object that declares `properties` and says
+    nothing of the rest (OpenAI's strict reading). Not where `allOf`/`anyOf`/`oneOf`/`$ref` compose the
+    object (closing a part would refuse the other parts' keys), nor inside `allOf` members."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _NESTED_ONE:
+        if key in out:
+            out[key] = closed_objects(out[key])
+    for key in ("anyOf", "oneOf", "prefixItems"):
+        if isinstance(out.get(key), list):
+            out[key] = closed_objects(out[key])
+    for key in _NESTED_MANY:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(sub) for name, sub in out[key].items()}
+    open_keys = ("additionalProperties", "patternProperties", *_COMPOSED)
+    if "properties" in out and not any(k in out for k in open_keys):
+        out["additionalProperties"] = False
+    return out
+
+
 def _compile(schema_json: str) -> tuple[str | None, str | None]:
-    """(llguidance grammar, None) or (None, why it cannot be compiled)."""
-    schema = json.loads(schema_json)
-    if schema.get("type") == "object" and "additionalProperties" not in schema:
-        schema = {**schema, "additionalProperties": False}
+    """(llguidance grammar, None) or (None, why it cannot be compiled); small schemas are cached."""
+    return _compile_cached(schema_json) if len(schema_json) <= 1 << 16 else _compile_now(schema_json)
+
+
+def _compile_now(schema_json: str) -> tuple[str | None, str | None]:
+    schema = closed_objects(json.loads(schema_json))
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
     except (ValueError, TypeError) as exc:
@@ -83,6 +119,9 @@ def _compile(schema_json: str) -> tuple[str | None, str | None]:
     if error and not error.startswith("WARNING"):
         return None, error
     return grammar, None
+
+
+_compile_cached = functools.lru_cache(maxsize=256)(_compile_now)
 
 
 def schema_error(schema: Mapping[str, Any]) -> str | None:
@@ -142,6 +181,7 @@ class JsonConstraint:
         if self._active is not None:
             if token in (CALL, END, RETURN, START) or not self._active.consume_token(token):
                 self._active = None  # the message ended, or the matcher refused it: stop constraining
+                self._header = [] if token == START else None
             return
         if token == START:
             self._header = []

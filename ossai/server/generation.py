@@ -210,12 +210,18 @@ def render(req: ChatRequest) -> tuple[list[int], list[int]]:
     return prompt + prefill_ids, prefill_ids
 
 
+async def check_answer_format(answer: AnswerFormat | None) -> None:
+    """A 400 for a schema llguidance cannot compile; handlers call it before loading a model (bad input
+    loads nothing). Compiling runs in a worker thread (the first one also builds the vocabulary)."""
+    if answer is not None:
+        error = await run_in_threadpool(harmony.schema_error, answer.schema)
+        if error:
+            raise BadRequest(f"{answer.param}: the schema cannot be enforced ({error})", answer.param)
+
+
 def _constraint(req: ChatRequest) -> harmony.JsonConstraint | None:
     tools = req.tools if req.tool_choice != "none" else None
     answer = req.answer_format.schema if req.answer_format else None
-    if req.answer_format and (error := harmony.schema_error(req.answer_format.schema)):
-        param = req.answer_format.param
-        raise BadRequest(f"{param}: the schema cannot be enforced ({error})", param)
     return harmony.JsonConstraint.for_request(tools, answer) if tools or answer is not None else None
 
 
@@ -230,6 +236,7 @@ async def start_chat(
     iterator yields the turn's events and ends with exactly one `Done`. Rendering (tokenizing a prompt
     of up to the body limit) runs in a worker thread, off the event loop."""
     prompt, prefill = await run_in_threadpool(render, req)
+    await check_answer_format(req.answer_format)  # cached: free when the handler checked it already
     constraint = await run_in_threadpool(_constraint, req)  # the first builds llguidance's o200k: ~1 s
     max_tokens = req.max_tokens if req.max_tokens is not None else engine.max_model_len - len(prompt)
     if max_tokens < 1:

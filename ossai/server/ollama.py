@@ -192,6 +192,8 @@ async def _run_chat(
 ) -> StreamingResponse | dict[str, Any]:
     """Chat and non-raw generate: the one generation path, shaped by `piece`."""
     _, show_thinking = body.reasoning()
+    body.sampling()  # bad options and formats are a 400 before a model is loaded
+    await gen.check_answer_format(body.answer_format())
     request_id = f"ollama-{uuid.uuid4().hex}"
     gate = ctx.confirm_gate(request, body.ossai, body.stream)
     loop = ctx.agent_for(request, body.ossai)

@@ -2,8 +2,8 @@
 `ollama` client parses), and their translation into the one internal chat request.
 
 Like Ollama, unknown fields and options are ignored; wrong types are a 400. Where gpt-oss or ossai cannot
-do what a field asks (images, suffix, templates, structured `format`), the request is refused with a
-400 that says so, rather than answered as if the field had been honoured.
+do what a field asks (images, suffix, templates, `format` with `raw`), the request is refused with a 400
+that says so, rather than answered as if the field had been honoured.
 """
 
 from __future__ import annotations

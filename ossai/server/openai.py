@@ -89,6 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_choice=body.tool_choice,
         answer_format=gen.answer_format(body.response_format, "response_format"),
     )
+    await gen.check_answer_format(chat.answer_format)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gate = ctx.confirm_gate(request, body.ossai, body.stream)
     loop = ctx.agent_for(request, body.ossai)

@@ -291,7 +291,7 @@ def _response(body: ResponsesRequest, response_id: str, created: int, model: str
         "reasoning": {"effort": body.effort, "summary": None},
         "store": body.store,
         "temperature": body.temperature if body.temperature is not None else 1.0,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
         "tool_choice": body.tool_choice or "auto",
         "tools": body.echo_tools(),
         "top_p": body.top_p if body.top_p is not None else 1.0,
@@ -370,6 +370,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Streaming
         tool_choice=body.chat_tool_choice(),
         answer_format=gen.answer_format((body.text or {}).get("format"), "text.format"),
     )
+    await gen.check_answer_format(chat.answer_format)
     response_id = new_id("resp")
     # a chain of responses shares the tools' state (python variables); one not stored ends with itself
     session = ((previous.response.get("ossai") or {}).get("session") if previous else None) or response_id

@@ -78,7 +78,7 @@ class ResponsesRequest(_Wire):
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
     parallel_tool_calls: bool = True
-    text: dict[str, Any] | None = None  # accepted; output is always plain text
+    text: dict[str, Any] | None = None  # text.format: a structured answer (generation.answer_format)
     truncation: Literal["auto", "disabled"] | None = None  # accepted; a too-long prompt is a 400
     user: str | None = None
     include: list[str] | None = None  # accepted; encrypted reasoning and logprobs are not implemented

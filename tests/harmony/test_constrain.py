@@ -148,3 +148,30 @@ def test_the_response_format_reaches_the_developer_message():
     assert developer.endswith(
         "# Response Formats\n\n## sum\n\n// The result.\n" + json.dumps(ANSWER, separators=(",", ":"))
     )
+
+
+def test_nested_objects_are_closed_but_composed_ones_are_left_open():
+    nested = {
+        "type": "object",
+        "properties": {"o": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+    }
+    closed = harmony.closed_objects(nested)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["o"]["additionalProperties"] is False
+    composed = {"type": "object", "allOf": [{"properties": {"a": {"type": "integer"}}, "required": ["a"]}]}
+    assert harmony.closed_objects(composed) == composed and harmony.schema_error(composed) is None
+    c = harmony.JsonConstraint({}, answer=nested)
+    feed(c, '<|channel|>final<|message|>{"o":{"a":1')
+    assert not allows(c.allowed(), ids(",")[0])  # no undeclared key after "a"
+
+
+def test_names_match_exactly_and_a_new_header_is_read_after_an_interrupted_message():
+    c = harmony.JsonConstraint({"a": TIMER, "a:b": ANSWER})
+    feed(c, "<|channel|>commentary to=functions.a:b <|constrain|>json<|message|>")
+    assert allows(c.allowed(), ids('{"answer')[0]) or allows(c.allowed(), ids('{"')[0])
+    feed(c, '{"answer":1')
+    assert not allows(c.allowed(), ids(',"')[0])
+    c.accept(harmony.START)  # only a bypassed mask lets this through; the next header still counts
+    feed(c, "assistant" + CALL_HEADER.replace("set_timer", "a"))
+    feed(c, '{"minutes":1')
+    assert allows(c.allowed(), ids(",")[0])

@@ -229,3 +229,20 @@ def test_bad_response_formats_are_a_400(client, response_format, word):
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], response_format=response_format
         )
+
+
+def test_logprobs_under_a_response_format_are_the_models_own(client, served):
+    served.engine.script(TO_THE_ANSWER)
+    fmt = {"type": "json_schema", "json_schema": {"name": "pick", "schema": PICK}}
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "pick"}],
+        response_format=fmt,
+        logprobs=True,
+        top_logprobs=5,
+        temperature=1.0,
+        seed=3,
+    )
+    entries = r.choices[0].logprobs.content
+    assert _picked(r.choices[0].message.content) and entries
+    assert all(len(e.top_logprobs) == 5 and all(t.logprob > -1e30 for t in e.top_logprobs) for e in entries)
