@@ -62,11 +62,24 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) 
         probs = torch.softmax(logits, dim=-1)
         logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p  # the mass before it already reaches top_p
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        logits = _nucleus(logits, top_p)
     return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most likely tokens until their mass reaches top_p. Sorting all 201k logits takes ~10-20
+    ms on a CPU; the nucleus is almost always among the top few hundred, so take the top 1,024 (~1 ms) and
+    widen 8-fold only while they hold less than top_p: the same tokens as a full sort."""
+    probs = torch.softmax(logits, dim=-1)
+    k = min(1024, logits.shape[-1])
+    while True:
+        top, order = torch.topk(probs, k)
+        mass = torch.cumsum(top, dim=-1, dtype=torch.float64)
+        if mass[-1] >= top_p or k == logits.shape[-1]:
+            break
+        k = min(8 * k, logits.shape[-1])
+    keep = order[(mass - top) < top_p]  # the mass before it has not reached top_p yet
+    return torch.full_like(logits, float("-inf")).index_copy_(0, keep, logits[keep])
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int:

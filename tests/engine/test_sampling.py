@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ossai.config import SamplingParams
-from ossai.engine.sampling import constrained, draw, sample
+from ossai.engine.sampling import constrained, draw, filter_logits, sample
 
 
 def test_draws_follow_the_probabilities_and_never_pick_a_zero():
@@ -32,3 +32,20 @@ def test_a_masked_vocabulary_samples_only_allowed_tokens():
     drawn = {sample(logits, params, g, allowed=bytes(mask))[0] for _ in range(200)}
     assert drawn <= set(allowed) and len(drawn) > 1
     assert torch.equal(constrained(logits, bytes(len(mask))), logits)  # nothing allowed: the mask is ignored
+
+
+def _nucleus_by_sorting(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    ordered, order = torch.sort(logits, descending=True)
+    probs = torch.softmax(ordered.double(), dim=-1)
+    drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
+    return torch.empty_like(logits).scatter_(-1, order, ordered.masked_fill(drop, float("-inf")))
+
+
+def test_top_p_keeps_the_tokens_a_full_sort_keeps():
+    g = torch.Generator().manual_seed(0)
+    for scale, top_p in ((10.0, 0.9), (5.0, 0.5), (5.0, 0.95), (0.1, 0.9), (1.0, 0.99)):  # peaked .. flat
+        logits = torch.randn(201_088, generator=g) * scale
+        kept = ~torch.isinf(filter_logits(logits, 0, top_p, 0.0))
+        expected = ~torch.isinf(_nucleus_by_sorting(logits, top_p))
+        assert int((kept != expected).sum()) <= 1, (scale, top_p)  # one boundary token of rounding
+        assert torch.equal(filter_logits(logits, 0, top_p, 0.0)[kept], logits[kept])
