@@ -5,8 +5,9 @@ JSON message ended by `<|call|>`; an answer is a message on the `final` channel 
 `JsonConstraint` watches the tokens a request generates; inside the message of a call to a function it
 knows (or of the answer, when the request asked for a response format) `allowed()` gives the tokens that
 keep the text a prefix of a JSON value matching the schema (llguidance computes the mask over the whole
-o200k vocabulary in ~0.1 ms), and once the value is complete only the message's end token. Everything
-else the model writes (reasoning, headers, calls to built-in tools, answers without a format) is left
+o200k vocabulary in ~0.1 ms), and once the value is complete only the message's end token. In a header,
+once `to=functions` is written, only the request's function names may follow. Everything else the model
+writes (reasoning, the rest of headers, calls to built-in tools, answers without a format) is left
 alone.
 
 What the schema gets: compact JSON (no whitespace); the declared properties in the schema's order,
@@ -31,6 +32,8 @@ import llguidance
 
 from ossai.harmony.tokenizer import (
     CALL,
+    CHANNEL,
+    CONSTRAIN,
     END,
     FIRST_SPECIAL_ID,
     LAST_TOKEN_ID,
@@ -64,6 +67,7 @@ class _Vocab:
 
 
 _built: llguidance.LLTokenizer | None = None
+_ids: dict[bytes, int] = {}  # a text token's bytes -> its id
 
 
 def _tokenizer() -> llguidance.LLTokenizer:
@@ -71,8 +75,35 @@ def _tokenizer() -> llguidance.LLTokenizer:
     global _built
     with _lock:  # two first requests at once must not both build it
         if _built is None:
-            _built = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab()))
+            vocab = _Vocab()
+            _ids.update((b, t) for t, b in enumerate(vocab.tokens[:FIRST_SPECIAL_ID]) if b)
+            _built = llguidance.LLTokenizer(llguidance.TokenizerWrapper(vocab))
         return _built
+
+
+_MASK_BYTES = (LAST_TOKEN_ID + 32) // 32 * 4  # llguidance's mask size: whole 32-bit words
+_NAME_ENDS = (CHANNEL, CONSTRAIN, MESSAGE)  # what may follow a recipient (besides one space)
+_CALLING = re.compile(r"to=functions(\.[^\s<]*)?$")
+
+
+def _name_mask(partial: str, names: Iterable[str]) -> bytes | None:
+    """After `to=functions` and `partial` of a name: the tokens that continue it into one of `names`,
+    and once it is whole, a space or the header's next special token. None if no name fits."""
+    allowed = set()
+    for name in names:
+        target = "." + name
+        if not target.startswith(partial):
+            continue
+        rest = target[len(partial) :].encode()
+        allowed.update(_ids[rest[:k]] for k in range(1, len(rest) + 1) if rest[:k] in _ids)
+        if not rest:
+            allowed.update((_ids[b" "], *_NAME_ENDS))
+    if not allowed:
+        return None
+    mask = bytearray(_MASK_BYTES)
+    for t in allowed:
+        mask[t // 8] |= 1 << (t % 8)
+    return bytes(mask)
 
 
 _COMPOSED = ("allOf", "anyOf", "oneOf", "$ref")
@@ -129,27 +160,32 @@ def schema_error(schema: Mapping[str, Any]) -> str | None:
     return _compile(json.dumps(schema))[1]
 
 
-def function_schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any]]:
-    """name -> parameters schema of the function tools to constrain (OpenAI's nested `function` or the
-    flat Responses shape); `strict: false` opts a function out."""
-    schemas = {}
+def function_schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any] | None]:
+    """name -> parameters schema of every function tool (OpenAI's nested `function` or the flat
+    Responses shape); None for one whose spec says `strict: false` (its arguments stay free)."""
+    schemas: dict[str, dict[str, Any] | None] = {}
     for tool in tools or ():
         spec = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec.get("strict") is False:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             continue
         parameters = spec.get("parameters")
-        schemas[spec["name"]] = parameters if isinstance(parameters, dict) else {"type": "object"}
+        schema = parameters if isinstance(parameters, dict) else {"type": "object"}
+        schemas[spec["name"]] = None if spec.get("strict") is False else schema
     return schemas
 
 
 class JsonConstraint:
     """Per request: feed it every token of the reply (`accept`), ask it before sampling (`allowed`).
 
-    `functions`: name -> parameters schema, for the calls; `answer`: a schema for the final answer
-    (structured outputs: `response_format`, Ollama's `format`), or None to leave answers free."""
+    `functions`: name -> parameters schema (None: arguments free) of the functions a call may name;
+    `answer`: a schema for the final answer (structured outputs: `response_format`, Ollama's `format`),
+    or None to leave answers free."""
 
-    def __init__(self, functions: Mapping[str, Mapping[str, Any]], answer: Mapping[str, Any] | None = None):
-        self._matchers = {name: m for name, m in ((n, _matcher(s)) for n, s in functions.items()) if m}
+    def __init__(
+        self, functions: Mapping[str, Mapping[str, Any] | None], answer: Mapping[str, Any] | None = None
+    ):
+        self._names = list(functions)  # every call names one of them, even where the arguments are free
+        self._matchers = {n: m for n, s in functions.items() if s is not None and (m := _matcher(s))}
         self._answer = _matcher(answer) if answer is not None else None
         self._header: list[int] | None = []  # the reply starts in a header (`<|start|>assistant` is prompt)
         self._active: llguidance.LLMatcher | None = None
@@ -163,11 +199,16 @@ class JsonConstraint:
         return constraint if constraint else None
 
     def __bool__(self) -> bool:
-        return bool(self._matchers) or self._answer is not None
+        return bool(self._names) or self._answer is not None
 
     def allowed(self) -> bytes | None:
         """A bitmask over token ids (bit t of little-endian 32-bit words), or None: anything goes."""
         if self._active is None:
+            if self._header and self._names:  # a header naming a function names one of ours
+                text = b"".join(token_bytes(t) for t in self._header).decode("utf-8", "replace")
+                calling = _CALLING.search(text)
+                if calling:
+                    return _name_mask(calling[1] or "", self._names)
             return None
         mask = self._active.compute_bitmask()
         if self._active is self._answer and mask[CALL // 8] >> (CALL % 8) & 1:

@@ -81,8 +81,10 @@ def test_unknown_functions_builtins_and_opted_out_functions_are_left_alone():
         {"type": "function", "name": "b", "parameters": TIMER},  # the Responses API's flat shape
         {"type": "function", "function": {"name": "c"}},  # no parameters: any object
     ]
-    assert set(function_schemas(tools)) == {"b", "c"}
-    assert JsonConstraint.for_request([tools[0]]) is None
+    assert function_schemas(tools) == {"a": None, "b": TIMER, "c": {"type": "object"}}
+    opted_out = JsonConstraint.for_request([tools[0]])
+    feed(opted_out, "<|channel|>commentary to=functions.a <|constrain|>json<|message|>")
+    assert opted_out.allowed() is None  # its arguments are free (its name is still held)
 
 
 def test_a_recipient_in_the_role_part_of_the_header_counts():
@@ -92,9 +94,9 @@ def test_a_recipient_in_the_role_part_of_the_header_counts():
     assert not allows(c.allowed(), ids("hello")[0])
 
 
-def test_a_schema_that_cannot_be_compiled_leaves_the_function_free():
+def test_a_schema_that_cannot_be_compiled_leaves_the_arguments_free():
     c = JsonConstraint({"bad": {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}})
-    assert not c
+    assert c  # its name is still one a call may take
     feed(c, "<|channel|>commentary to=functions.bad <|constrain|>json<|message|>")
     assert c.allowed() is None
 
@@ -175,3 +177,22 @@ def test_names_match_exactly_and_a_new_header_is_read_after_an_interrupted_messa
     feed(c, "assistant" + CALL_HEADER.replace("set_timer", "a"))
     feed(c, '{"minutes":1')
     assert allows(c.allowed(), ids(",")[0])
+
+
+def test_a_call_names_one_of_the_functions():
+    c = harmony.JsonConstraint({"set_timer": TIMER, "set": {"type": "object"}})
+    feed(c, "<|channel|>commentary to=functions")
+    mask = c.allowed()
+    assert allows(mask, ids(".set")[0]) and not allows(mask, ids(".get")[0])
+    feed(c, ".set")  # whole ("set") or the start of set_timer
+    mask = c.allowed()
+    assert allows(mask, ids("_timer")[0]) and allows(mask, ids(" ")[0]) and allows(mask, harmony.CONSTRAIN)
+    assert not allows(mask, ids("_alarm")[0]) and not allows(mask, ids("ting")[0])
+    feed(c, "_timer ")
+    assert c.allowed() is None  # the name is written: the rest of the header is free
+    required = harmony.JsonConstraint({"set_timer": TIMER})  # tool_choice "required" prefills the dot
+    feed(required, "<|channel|>commentary to=functions.")
+    assert allows(required.allowed(), ids("set")[0]) and not allows(required.allowed(), ids("get")[0])
+    free = harmony.JsonConstraint({"set_timer": TIMER})
+    feed(free, "<|channel|>commentary to=python")
+    assert free.allowed() is None  # built-in tools are not ours to name
