@@ -97,12 +97,11 @@ class Sequence:
         self._stopped_by_string = False
         self.parser = harmony.StreamParser() if request.parse_harmony else None
         self._pending_events: list = []
-        if self.parser is not None and request.harmony_prefill:
-            for token in request.prompt[-request.harmony_prefill :]:
-                self._pending_events += self.parser.feed(token)
         self.constraint = request.constraint
-        if self.constraint is not None and request.harmony_prefill:
-            for token in request.prompt[-request.harmony_prefill :]:
+        for token in request.prompt[len(request.prompt) - request.harmony_prefill :]:
+            if self.parser is not None:
+                self._pending_events += self.parser.feed(token)
+            if self.constraint is not None:
                 self.constraint.accept(token)
 
     @property

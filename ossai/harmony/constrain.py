@@ -205,8 +205,7 @@ class JsonConstraint:
         """A bitmask over token ids (bit t of little-endian 32-bit words), or None: anything goes."""
         if self._active is None:
             if self._header and self._names:  # a header naming a function names one of ours
-                text = b"".join(token_bytes(t) for t in self._header).decode("utf-8", "replace")
-                calling = _CALLING.search(text)
+                calling = _CALLING.search(_text(self._header))
                 if calling:
                     return _name_mask(calling[1] or "", self._names)
             return None
@@ -232,7 +231,7 @@ class JsonConstraint:
             if token != MESSAGE:
                 self._header.append(token)
                 return
-            header = b"".join(token_bytes(t) for t in self._header).decode("utf-8", "replace")
+            header = _text(self._header)
             self._header = None
             match = _RECIPIENT.search(header)
             if match:
@@ -244,6 +243,11 @@ class JsonConstraint:
             if matcher is not None:
                 matcher.reset()
                 self._active = matcher
+
+
+def _text(tokens: list[int]) -> str:
+    """A header's text so far, special tokens spelled out."""
+    return b"".join(token_bytes(t) for t in tokens).decode("utf-8", "replace")
 
 
 def _matcher(schema: Mapping[str, Any]) -> llguidance.LLMatcher | None:

@@ -163,15 +163,6 @@ Event = (
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what may follow `functions.` in a harmony header
 
 
-def function_names(tools: list[dict[str, Any]] | None) -> list[str]:
-    names = []
-    for tool in tools or []:
-        spec = tool.get("function", tool) if isinstance(tool, dict) else {}
-        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            names.append(spec["name"])
-    return names
-
-
 def render(req: ChatRequest) -> tuple[list[int], list[int]]:
     """(prompt tokens, prefill tokens): the prefill forces a tool call for tool_choice required/named."""
     choice = req.tool_choice
@@ -183,11 +174,11 @@ def render(req: ChatRequest) -> tuple[list[int], list[int]]:
         name = name or choice.get("name")
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             raise BadRequest(f"tool_choice must name a function, got {choice!r}", "tool_choice")
-        if name not in function_names(req.tools):
+        if name not in harmony.function_schemas(req.tools):
             raise BadRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
         prefill = f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
     elif choice == "required":
-        if not function_names(req.tools):
+        if not harmony.function_schemas(req.tools):
             raise BadRequest("tool_choice 'required' needs at least one function tool", param="tool_choice")
         prefill = "<|channel|>commentary to=functions."
     elif choice not in (None, "auto", "none"):
@@ -221,8 +212,7 @@ async def check_answer_format(answer: AnswerFormat | None) -> None:
 
 def _constraint(req: ChatRequest) -> harmony.JsonConstraint | None:
     tools = req.tools if req.tool_choice != "none" else None
-    answer = req.answer_format.schema if req.answer_format else None
-    return harmony.JsonConstraint.for_request(tools, answer) if tools or answer is not None else None
+    return harmony.JsonConstraint.for_request(tools, req.answer_format.schema if req.answer_format else None)
 
 
 def _tool_name(recipient: str) -> str:
@@ -246,9 +236,7 @@ async def start_chat(
         )
     params = SamplingParams(max_tokens=max_tokens, **req.sampling)
     params.stop_token_ids = frozenset(params.stop_token_ids | set(harmony.STOP_TOKENS))
-    request = Request(
-        prompt, params, parse_harmony=True, harmony_prefill=len(prefill), constraint=constraint or None
-    )
+    request = Request(prompt, params, parse_harmony=True, harmony_prefill=len(prefill), constraint=constraint)
     if request_id:
         request.request_id = request_id
     return _events(engine.submit(request), len(prompt), timer)
@@ -337,7 +325,7 @@ async def start_agent(
     if loop is None:
         return await start_chat(engine, req, timer, request_id)
     tools = loop.tools
-    clash = set(function_names(req.tools)) & tools.function_names()
+    clash = set(harmony.function_schemas(req.tools)) & tools.function_names()
     if clash:
         raise BadRequest(f"tools: {', '.join(sorted(clash))} is also a tool the server runs (MCP)", "tools")
     req = dataclasses.replace(
