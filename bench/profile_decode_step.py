@@ -68,6 +68,9 @@ def timed_kernels(engine: Engine, module=None, fused: bool = False) -> dict[str,
     if fused:  # whole blocks in one call each: the kernels inside them are not timed one by one
         names += ("attention_block", "mlp_block")
     timed_module = SimpleNamespace(**{n: wrap(n, getattr(module, n)) for n in names if hasattr(module, n)})
+    for attr in ("int8_path", "bf16_max_rows"):  # the build's dispatch facts, not timed
+        if hasattr(module, attr):
+            setattr(timed_module, attr, getattr(module, attr))
     kernels.install_cpu(engine.model, timed_module)  # the model holds closures: swap again, timed
     runner = engine.runner
     if runner.attention_kernel is not None:

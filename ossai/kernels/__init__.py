@@ -18,7 +18,7 @@ from ossai.model.transformer import MLPBlock, Transformer, mxfp4_linear
 log = logging.getLogger(__name__)
 
 
-DECODE_ROWS = 16  # up to this many rows the bf16 kernel beats upcast-then-GEMM; beyond, GEMM wins
+DECODE_ROWS = 16  # up to this many rows a step is decode: whole-block calls and the paged attention kernel
 
 
 def accelerate(model: Transformer, device: torch.device) -> list[str]:
@@ -51,7 +51,7 @@ def accelerate(model: Transformer, device: torch.device) -> list[str]:
 def install_cpu(model: Transformer, module) -> None:
     """Point the model's ops at `module`'s kernels (the extension, or a stand-in with the same functions,
     as the step profiler's timed wrappers)."""
-    dense = _decode_dense(module.bf16_linear)
+    dense = _bf16_dense(module.bf16_linear, getattr(module, "bf16_max_rows", DECODE_ROWS))
     # getattr: the step profiler may install an older build without these
     norm = _fused_norm(module.rms_norm) if hasattr(module, "rms_norm") else rms_norm
     experts = _fused_mxfp4(module.mxfp4_linear)
@@ -243,11 +243,17 @@ def _fused_norm(kernel):
     return norm
 
 
-def _decode_dense(kernel):
-    """`layers.linear` with the kernel for few fp32 rows against contiguous bf16 weights."""
+def _bf16_dense(kernel, max_rows: int):
+    """`layers.linear` with the kernel for fp32 rows against contiguous bf16 weights (up to `max_rows`
+    rows, 0: any number; beyond, upcasting the weight for a torch GEMM is faster on that build)."""
 
     def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.shape[0] <= DECODE_ROWS and weight.dtype == torch.bfloat16 and weight.is_contiguous():
+        if (
+            x.dim() == 2
+            and (max_rows == 0 or x.shape[0] <= max_rows)
+            and weight.dtype == torch.bfloat16
+            and weight.is_contiguous()
+        ):
             return kernel(x, weight, bias)
         return linear(x, weight, bias)
 

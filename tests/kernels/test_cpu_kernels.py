@@ -191,14 +191,27 @@ def test_engine_uses_the_kernel_and_greedy_output_is_unchanged(tiny, moe_int8):
     for a in engine.model.attn:
         a.qkv = a.fused = None
     engine.runner.attention_kernel = engine.runner.prefill_attention = None  # `layers.attention` per sequence
-    reference = list(engine.generate(prompt, params))
+    if not moe_int8:
+        reference = list(engine.generate(prompt, params))
+        engine.close()
+        assert fast == reference
+        return
+    # Rounding activations to int8 is discontinuous: a last-bit difference upstream (another summation
+    # order, decode vs prefill) can move a value across a rounding step and a logit by ~1e-2, so two
+    # int8 runs may part at a near-tie. What holds: every token the kernels chose is, teacher-forced
+    # through the plain-torch ops, the reference's best or within that of it.
+    logits = engine.logits(prompt + fast)[len(prompt) - 1 : -1]
     engine.close()
-    assert fast == reference
+    gaps = logits.max(dim=1).values - logits[torch.arange(len(fast)), torch.tensor(fast)]
+    assert len(fast) == 64 and float(gaps.max()) < 0.05, gaps.max()
 
 
 @pytest.mark.parametrize(
     ("rows", "out_features", "in_features"),
-    [(1, 7, 64), (5, 300, 1000), (16, 2048, 2880), (9, 301, 40), (2, 5, 8), (1, 301, 1000), (1, 21, 40)],
+    [
+        *[(1, 7, 64), (5, 300, 1000), (16, 2048, 2880), (9, 301, 40), (2, 5, 8), (1, 301, 1000), (1, 21, 40)],
+        (41, 67, 1000),  # prefill rows: 4 x 6 tiles and a tail of 5
+    ],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bf16_linear_matches_reference(kernels, rows, out_features, in_features, with_bias):

@@ -180,6 +180,15 @@ void mxfp4_row_avx2(const uint8_t* row, const uint8_t* row_scales, int64_t G, co
 constexpr int64_t kRowsW = 4;  // R
 constexpr int64_t kRowsX = 4;  // M at most
 
+// A loaded vector that feeds several multiply-adds, kept in a register: GCC otherwise folds the load into
+// each of them as a memory operand and re-reads it R times per step. Zen 4 loads one 512-bit vector per
+// cycle, so a 4 x 4 tile ran at half its multiply-add rate (29 -> 56 GFMA/s on one core from L2).
+template <typename V>
+inline V in_register(V v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
 alignas(64) constexpr float kFp4Table[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
@@ -202,8 +211,8 @@ inline void mxfp4_tile_avx512(const uint8_t* rows, const uint8_t* scales, int64_
     }
     const float* xg = Xd + g * 32;
     for (int64_t j = 0; j < M; ++j) {
-      const __m512 xe = _mm512_loadu_ps(xg + j * K);
-      const __m512 xo = _mm512_loadu_ps(xg + j * K + 16);
+      const __m512 xe = in_register(_mm512_loadu_ps(xg + j * K));
+      const __m512 xo = in_register(_mm512_loadu_ps(xg + j * K + 16));
       for (int64_t r = 0; r < R; ++r) {
         acc[r][j] = _mm512_fmadd_ps(even[r], xe, acc[r][j]);
         acc[r][j] = _mm512_fmadd_ps(odd[r], xo, acc[r][j]);
@@ -259,20 +268,25 @@ inline __m512 widen_bf16(__m256i half) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-// bf16 weights against fp32 x, AVX-512: 16 weights of a row widen to fp32 (`widen_bf16`), and an R x M tile of register accumulators lets each converted weight vector
-// feed M rows of x and each x load feed R weight rows. With one accumulator per row pair, a step of 8
-// streams was bound by loads and horizontal sums, not by the multiply-adds.
+// bf16 weights against fp32 x, AVX-512: 16 weights of a row widen to fp32 (`widen_bf16`), and an R x M
+// tile of register accumulators lets each converted weight vector feed M rows of x and each x load feed
+// R weight rows. With one accumulator per row pair, a step of 8 streams was bound by loads and horizontal
+// sums, not by the multiply-adds.
 template <int64_t R, int64_t M, bool Tail>
 inline void bf16_step_avx512(const uint16_t* W, int64_t K, const float* X, int64_t k, __mmask16 mask,
                              __m512 (&acc)[R][M]) {
   __m512 w[R];
   for (int64_t r = 0; r < R; ++r) {
+    // 1 KB ahead of each weight row: with a tile's multiply-adds between its loads, the hardware
+    // prefetchers alone kept too few lines in flight (8 streams' unembedding: 14.5 -> 17.9 GB/s)
+    if (!Tail) _mm_prefetch(reinterpret_cast<const char*>(W + r * K + k + 512), _MM_HINT_T0);
     const __m256i half = Tail ? _mm256_maskz_loadu_epi16(mask, W + r * K + k)
                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + r * K + k));
     w[r] = widen_bf16(half);
   }
   for (int64_t j = 0; j < M; ++j) {
-    const __m512 x = Tail ? _mm512_maskz_loadu_ps(mask, X + j * K + k) : _mm512_loadu_ps(X + j * K + k);
+    const float* xk = X + j * K + k;
+    const __m512 x = in_register(Tail ? _mm512_maskz_loadu_ps(mask, xk) : _mm512_loadu_ps(xk));
     for (int64_t r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
   }
 }
@@ -310,14 +324,19 @@ inline float bf16_row_avx512(const uint16_t* w, int64_t K, const float* x) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+// Up to 6 rows of x per tile: 4 x 6 accumulators, 4 weight vectors and x fill 29 of the 32 registers.
+constexpr int64_t kRowsXBf16 = 6;
+
 // R rows of W (from row o) against all n rows of x, into Y[:, o:o+R] (row stride O).
 template <int64_t R>
 void bf16_rows_avx512(const uint16_t* W, int64_t o, int64_t K, const float* X, int64_t n, float* Y, int64_t O) {
   const uint16_t* rows = W + o * K;
-  for (int64_t t0 = 0; t0 < n; t0 += kRowsX) {
+  for (int64_t t0 = 0; t0 < n; t0 += kRowsXBf16) {
     const float* x = X + t0 * K;
     float* y = Y + t0 * O + o;
-    switch (std::min(kRowsX, n - t0)) {
+    switch (std::min(kRowsXBf16, n - t0)) {
+      case 6: bf16_tile_avx512<R, 6>(rows, K, x, y, O); break;
+      case 5: bf16_tile_avx512<R, 5>(rows, K, x, y, O); break;
       case 4: bf16_tile_avx512<R, 4>(rows, K, x, y, O); break;
       case 3: bf16_tile_avx512<R, 3>(rows, K, x, y, O); break;
       case 2: bf16_tile_avx512<R, 2>(rows, K, x, y, O); break;
@@ -363,9 +382,9 @@ inline void f32_tile_avx512(const float* W, int64_t K, const float* X, float* ou
     for (int64_t j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     __m512 w[R];
-    for (int64_t r = 0; r < R; ++r) w[r] = _mm512_loadu_ps(W + r * K + k);
+    for (int64_t r = 0; r < R; ++r) w[r] = in_register(_mm512_loadu_ps(W + r * K + k));
     for (int64_t j = 0; j < M; ++j) {
-      const __m512 x = _mm512_loadu_ps(X + j * K + k);
+      const __m512 x = in_register(_mm512_loadu_ps(X + j * K + k));
       for (int64_t r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
     }
   }
@@ -405,6 +424,7 @@ inline int64_t x_slot(int64_t i) {
 // out[j * R + r] = dot(row o0 + r of W, row j of X) for r < R <= 4 and the n rows of X (laid out by
 // x_slot, K = G * 32 columns). `scratch` holds n floats.
 #ifdef OSSAI_AVX512
+constexpr int64_t kRowsXF32 = 6;  // 4 x 6 accumulators, 4 weight vectors and x: 29 of the 32 registers
 constexpr int64_t kDecodeOnceRows = 32;  // beyond, decoding a tile once beats re-decoding it per 4 rows
 #endif
 
@@ -416,10 +436,12 @@ void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int
   const uint8_t* scales = S + o0 * G;
   if (R == 4 && n > kDecodeOnceRows) {  // many rows of x (prefill): decode the 4 weight rows once
     decode_rows_avx512<4>(rows, scales, G, scratch);
-    for (int64_t t0 = 0; t0 < n; t0 += kRowsX) {
+    for (int64_t t0 = 0; t0 < n; t0 += kRowsXF32) {
       const float* x = X + t0 * K;
       float* y = out + t0 * R;
-      switch (std::min(kRowsX, n - t0)) {
+      switch (std::min(kRowsXF32, n - t0)) {
+        case 6: f32_tile_avx512<4, 6>(scratch, K, x, y, 4); break;
+        case 5: f32_tile_avx512<4, 5>(scratch, K, x, y, 4); break;
         case 4: f32_tile_avx512<4, 4>(scratch, K, x, y, 4); break;
         case 3: f32_tile_avx512<4, 3>(scratch, K, x, y, 4); break;
         case 2: f32_tile_avx512<4, 2>(scratch, K, x, y, 4); break;
@@ -662,8 +684,9 @@ inline void q8_tile_vnni(const uint8_t* rows, const uint8_t* scales, const Q8Row
       }
       for (int64_t j = 0; j < M; ++j) {
         const int8_t* qj = x.q.data() + (j0 + j) * x.qn + chunk * kChunk;
-        const __m512i qe = _mm512_loadu_si512(qj), qo = _mm512_loadu_si512(qj + 64);
-        const __m512i cj = _mm512_loadu_si512(x.corr.data() + (j0 + j) * x.cn + chunk * 16);
+        const __m512i qe = in_register(_mm512_loadu_si512(qj));
+        const __m512i qo = in_register(_mm512_loadu_si512(qj + 64));
+        const __m512i cj = in_register(_mm512_loadu_si512(x.corr.data() + (j0 + j) * x.cn + chunk * 16));
         for (int64_t r = 0; r < R; ++r) {
           const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(cj, lo[r], qe), hi[r], qo);
           acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), chunk_scales(c4, comb[r][j]), acc[r][j]);
@@ -1131,7 +1154,8 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor weight, c10::optional<t
   float* Y = out.data_ptr<float>();
 #ifdef OSSAI_AVX512
   // 8 weight rows per work item: one activation row (decode) then keeps 8 row streams in flight per
-  // thread, which measured ~10% faster than 4 (BENCHMARKS.md); more rows of x use two 4-row tiles.
+  // thread, which measured ~10% faster than 4 (BENCHMARKS.md); more rows of x use two 4-row
+  // weight tiles, each against up to 6 rows of x at a time.
   constexpr int64_t kRowsB = 8;
   at::parallel_for(0, (O + kRowsB - 1) / kRowsB, 4, [&](int64_t tile_begin, int64_t tile_end) {
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -1426,6 +1450,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("int8_path") = "avx2";
 #else
   m.attr("int8_path") = "portable";  // scalar: slower than the exact path
+#endif
+  // rows of x up to which bf16_linear beats upcasting the weight and a torch GEMM (0: any number);
+  // the AVX-512 tiles run at ~100 GFMA/s on 2 cores, the compiler-vectorized loop does not
+#if defined(OSSAI_AVX512)
+  m.attr("bf16_max_rows") = 0;
+#else
+  m.attr("bf16_max_rows") = 32;
 #endif
   // the GIL is released: the server's event loop keeps serving while a step runs
   m.def("bf16_linear", &bf16_linear, "y = x @ W^T + b for bf16 W, fp32 x (fp32 accumulation)", py::arg("x"),
