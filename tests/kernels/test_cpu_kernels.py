@@ -260,6 +260,34 @@ def test_moe_matches_reference_block(kernels, rows, experts, hidden, intermediat
     assert torch.allclose(got, ref, rtol=1e-4, atol=bound * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("threads", [3, 5])
+def test_products_shared_among_threads_cover_every_row(kernels, threads):
+    """Decode products give each thread a contiguous share and let a thread that finishes early take chunks
+    from the back of the others' shares: with more threads than cores (here) shares finish unevenly and
+    chunks are taken from both ends; every output must be computed once and right."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(threads)
+        weight = torch.randn(1001, 320, generator=g).bfloat16()
+        x = torch.randn(1, 320, generator=g)
+        for _ in range(5):
+            got = kernels.bf16_linear(x, weight, None)
+            ref = layers.linear(x, weight)
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        mlp = moe_block(16, 64, 96, seed=threads)
+        t = torch.randn(3, 64, generator=g)
+        ref = mlp.reference_mix(t)
+        got = kernels.moe(
+            t, mlp.gate_weight, mlp.gate_bias, mlp.top_k, mlp.mlp1_weight_blocks, mlp.mlp1_weight_scales,
+            mlp.mlp1_bias, mlp.mlp2_weight_blocks, mlp.mlp2_weight_scales, mlp.mlp2_bias, mlp.limit,
+            SWIGLU_ALPHA, False,
+        )  # fmt: skip
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(("rows", "hidden"), [(1, 2880), (7, 64), (130, 96)])
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
 def test_rms_norm_matches_reference(kernels, rows, hidden, scale_dtype):
