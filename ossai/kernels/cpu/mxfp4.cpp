@@ -871,6 +871,10 @@ void attend_row_avx512(const float* q, int64_t G, const float* const* keys, cons
   constexpr int D = 16 * DC;
   for (int64_t i0 = 0; i0 < n; i0 += 16) {  // 16 keys at a time, reused from L1 by every query head
     const int64_t m = std::min<int64_t>(16, n - i0);
+    // a kv head's keys sit a pool row apart (all kv heads of a slot are contiguous), a stride the hardware
+    // prefetchers follow poorly: fetch the keys two blocks ahead (8,000 keys: 3.98 -> 3.05 ms per layer)
+    for (int64_t i = i0 + 32; i < std::min<int64_t>(n, i0 + 48); ++i)
+      for (int c = 0; c < DC; ++c) _mm_prefetch(reinterpret_cast<const char*>(keys[i] + 16 * c), _MM_HINT_T0);
     for (int64_t g = 0; g < G; ++g) {
       __m512 qv[DC], r[16];
       for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + g * D + 16 * c);
@@ -903,6 +907,8 @@ void attend_row_avx512(const float* q, int64_t G, const float* const* keys, cons
     for (int64_t g = 0; g < 4; ++g)
       for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
+      if (i + 16 < n)  // values, likewise strided
+        for (int c = 0; c < DC; ++c) _mm_prefetch(reinterpret_cast<const char*>(vals[i + 16] + 16 * c), _MM_HINT_T0);
       __m512 v[DC];
       for (int c = 0; c < DC; ++c) v[c] = _mm512_loadu_ps(vals[i] + 16 * c);
       for (int64_t g = 0; g < gn; ++g) {
