@@ -18,7 +18,7 @@ from ossai.model.transformer import MLPBlock, Transformer, mxfp4_linear
 log = logging.getLogger(__name__)
 
 
-DECODE_ROWS = 16  # up to this many rows a step is decode: whole-block calls and the paged attention kernel
+DECODE_ROWS = 16  # up to this many rows a step takes the whole-block attention call (decode)
 
 
 def accelerate(model: Transformer, device: torch.device) -> list[str]:

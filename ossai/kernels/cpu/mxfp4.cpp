@@ -219,6 +219,9 @@ void mxfp4_row_avx2(const uint8_t* row, const uint8_t* row_scales, int64_t G, co
 // the other dimension (with one weight row per pass, x was re-read from L2 for every row of W).
 constexpr int64_t kRowsW = 4;  // R
 constexpr int64_t kRowsX = 4;  // M at most
+// M at most for the fp32 and bf16 tiles: 4 x 6 accumulators, 4 weight vectors and x fill 29 of the 32
+// registers (the MXFP4 and int8 tiles also hold their unpacked weights)
+constexpr int64_t kRowsXFloat = 6;
 
 // A loaded vector that feeds several multiply-adds, kept in a register: GCC otherwise folds the load into
 // each of them as a memory operand and re-reads it R times per step. Zen 4 loads one 512-bit vector per
@@ -364,17 +367,14 @@ inline float bf16_row_avx512(const uint16_t* w, int64_t K, const float* x) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-// Up to 6 rows of x per tile: 4 x 6 accumulators, 4 weight vectors and x fill 29 of the 32 registers.
-constexpr int64_t kRowsXBf16 = 6;
-
 // R rows of W (from row o) against all n rows of x, into Y[:, o:o+R] (row stride O).
 template <int64_t R>
 void bf16_rows_avx512(const uint16_t* W, int64_t o, int64_t K, const float* X, int64_t n, float* Y, int64_t O) {
   const uint16_t* rows = W + o * K;
-  for (int64_t t0 = 0; t0 < n; t0 += kRowsXBf16) {
+  for (int64_t t0 = 0; t0 < n; t0 += kRowsXFloat) {
     const float* x = X + t0 * K;
     float* y = Y + t0 * O + o;
-    switch (std::min(kRowsXBf16, n - t0)) {
+    switch (std::min(kRowsXFloat, n - t0)) {
       case 6: bf16_tile_avx512<R, 6>(rows, K, x, y, O); break;
       case 5: bf16_tile_avx512<R, 5>(rows, K, x, y, O); break;
       case 4: bf16_tile_avx512<R, 4>(rows, K, x, y, O); break;
@@ -464,7 +464,6 @@ inline int64_t x_slot(int64_t i) {
 // out[j * R + r] = dot(row o0 + r of W, row j of X) for r < R <= 4 and the n rows of X (laid out by
 // x_slot, K = G * 32 columns). `scratch` holds n floats.
 #ifdef OSSAI_AVX512
-constexpr int64_t kRowsXF32 = 6;  // 4 x 6 accumulators, 4 weight vectors and x: 29 of the 32 registers
 constexpr int64_t kDecodeOnceRows = 32;  // beyond, decoding a tile once beats re-decoding it per 4 rows
 #endif
 
@@ -476,10 +475,10 @@ void rows_product(const uint8_t* B, const uint8_t* S, int64_t o0, int64_t R, int
   const uint8_t* scales = S + o0 * G;
   if (R == 4 && n > kDecodeOnceRows) {  // many rows of x (prefill): decode the 4 weight rows once
     decode_rows_avx512<4>(rows, scales, G, scratch);
-    for (int64_t t0 = 0; t0 < n; t0 += kRowsXF32) {
+    for (int64_t t0 = 0; t0 < n; t0 += kRowsXFloat) {
       const float* x = X + t0 * K;
       float* y = out + t0 * R;
-      switch (std::min(kRowsXF32, n - t0)) {
+      switch (std::min(kRowsXFloat, n - t0)) {
         case 6: f32_tile_avx512<4, 6>(scratch, K, x, y, 4); break;
         case 5: f32_tile_avx512<4, 5>(scratch, K, x, y, 4); break;
         case 4: f32_tile_avx512<4, 4>(scratch, K, x, y, 4); break;
